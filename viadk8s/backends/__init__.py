@@ -1,0 +1,1 @@
+"""Where runs execute: ``local`` (worker subprocesses on this machine); Kubernetes Jobs arrive next."""

@@ -1,0 +1,119 @@
+"""Catalogs of models, datasets and experiments: data (YAML beside this file), not code branches.
+
+Adding a model, dataset or experiment is an edit of a YAML file; the types below validate it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from viadk8s.errors import SpecError, one_of
+
+METRICS = (
+    "image_AUROC",
+    "image_F1Max",
+    "pixel_AUROC",
+    "pixel_AUPRO",
+    "pixel_F1Max",
+    "image_PG2",
+    "image_PB2",
+)
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key: str = ""
+    name: str
+    abbrev: str = ""
+    note: str = ""
+
+
+class ModelEntry(_Entry):
+    group: Literal["one_class", "unsupervised", "supervised"]
+    anomalib_class: str | None
+    epochs: int = Field(ge=1)
+    init_args: dict[str, Any] = {}
+    pixel_maps: bool = True
+
+    @property
+    def available(self) -> bool:
+        return self.anomalib_class is not None
+
+
+class SyntheticOptions(BaseModel):
+    """How the built-in generator makes a dataset (see viadk8s.data.synthetic)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    categories: list[str] = ["tiles", "fabric"]
+    n_train: int = Field(default=40, ge=2)
+    n_test_good: int = Field(default=16, ge=1)
+    n_test_bad: int = Field(default=16, ge=1)
+    size: int = Field(default=128, ge=32, le=1024)
+
+
+class DatasetEntry(_Entry):
+    masks: Literal["pixel", "image"] = "pixel"
+    categories: list[str] = []
+    synthetic: SyntheticOptions | None = None
+    path: str | None = None
+
+    @property
+    def has_masks(self) -> bool:
+        return self.masks == "pixel"
+
+
+class ExperimentEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key: str = ""
+    title: str
+    datasets: list[str]
+    models: list[str]
+    seeds: list[int]
+    axes: dict[str, list[Any]] = {}
+    metrics: list[str]
+    runnable: bool
+
+
+def _load(file: str, entry: type[BaseModel]) -> dict[str, Any]:
+    text = resources.files(__package__).joinpath(file).read_text()
+    return {key: entry.model_validate({**value, "key": key}) for key, value in yaml.safe_load(text).items()}
+
+
+@cache
+def models() -> dict[str, ModelEntry]:
+    return _load("models.yaml", ModelEntry)
+
+
+@cache
+def datasets() -> dict[str, DatasetEntry]:
+    return _load("datasets.yaml", DatasetEntry)
+
+
+@cache
+def experiments() -> dict[str, ExperimentEntry]:
+    return _load("experiments.yaml", ExperimentEntry)
+
+
+def model(key: str) -> ModelEntry:
+    """The catalog entry of a model that can run now; a clear error otherwise."""
+    entry = models().get(key)
+    if entry is None:
+        raise one_of("model", key, list(models()))
+    if not entry.available:
+        ready = [k for k, m in models().items() if m.available]
+        raise SpecError(
+            f"model {key!r} ({entry.name}) is not available yet: {entry.note}; available now: {', '.join(ready)}"
+        )
+    return entry
+
+
+def experiment(key: str) -> ExperimentEntry:
+    entry = experiments().get(key)
+    if entry is None:
+        raise one_of("experiment", key, list(experiments()))
+    return entry

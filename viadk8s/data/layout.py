@@ -1,0 +1,77 @@
+"""The MVTec layout every dataset is converted to, read into a list of samples.
+
+::
+
+    <category>/train/good/*.png
+    <category>/test/good/*.png
+    <category>/test/<defect>/*.png
+    <category>/ground_truth/<defect>/<stem>_mask.png   (or <stem>.png)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from viadk8s.errors import SpecError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_path: str
+    label: int  # 1 = anomalous
+    split: Literal["train", "test"]
+    defect: str  # "good" or the defect folder name
+    mask_path: str | None = None
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _mask_for(root: Path, defect: str, image: Path) -> str | None:
+    for name in (f"{image.stem}_mask.png", f"{image.stem}.png"):
+        candidate = root / "ground_truth" / defect / name
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def scan_category(root: Path) -> list[Sample]:
+    """All samples of one category folder; a clear error if the layout is not MVTec's."""
+    train_good = root / "train" / "good"
+    if not root.is_dir():
+        raise SpecError(f"dataset folder {str(root)!r} does not exist")
+    if not train_good.is_dir() or not _images(train_good):
+        raise SpecError(f"dataset folder {str(root)!r} has no images in train/good (MVTec layout expected)")
+    test = root / "test"
+    if not test.is_dir():
+        raise SpecError(f"dataset folder {str(root)!r} has no test folder (MVTec layout expected)")
+    samples = [Sample(str(p), 0, "train", "good") for p in _images(train_good)]
+    train = root / "train"
+    for defect_dir in sorted(d for d in train.iterdir() if d.is_dir() and d.name != "good"):
+        samples += [Sample(str(p), 1, "train", defect_dir.name) for p in _images(defect_dir)]
+    for defect_dir in sorted(d for d in test.iterdir() if d.is_dir()):
+        defect = defect_dir.name
+        for image in _images(defect_dir):
+            mask = None if defect == "good" else _mask_for(root, defect, image)
+            samples.append(Sample(str(image), int(defect != "good"), "test", defect, mask))
+    tested = [s for s in samples if s.split == "test"]
+    if not any(s.label == 0 for s in tested) or not any(s.label == 1 for s in tested):
+        raise SpecError(f"dataset folder {str(root)!r} needs good and bad images in test/")
+    return samples
+
+
+def has_pixel_masks(samples: list[Sample]) -> bool:
+    """True when every bad test image has a mask: only then are pixel metrics defined."""
+    return all(s.mask_path for s in samples if s.split == "test" and s.label == 1)
+
+
+def discover_categories(root: Path) -> list[str]:
+    """Category folders of a dataset: the sub-folders that hold ``train/good``."""
+    if not root.is_dir():
+        raise SpecError(f"dataset folder {str(root)!r} does not exist")
+    return sorted(d.name for d in root.iterdir() if (d / "train" / "good").is_dir())

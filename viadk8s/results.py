@@ -1,0 +1,82 @@
+"""What a finished run leaves in the store, and where: the worker writes it, aggregate reads it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from pydantic import BaseModel, ConfigDict
+
+from viadk8s.spec import RunSpec, Sweep
+from viadk8s.store import Store
+
+RESULT = "result.json"
+SCORES = "scores.csv"
+HISTOGRAM = "scores.png"
+
+
+class Timings(BaseModel):
+    fit_s: float
+    test_s: float
+    test_images_per_s: float
+    peak_memory_mb: float
+    memory_kind: str  # "cuda" (peak allocated) or "cpu_rss" (peak resident set)
+
+
+class DataSummary(BaseModel):
+    n_train: int
+    n_test_good: int
+    n_test_bad: int
+    pixel_masks: bool
+
+
+class RunResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run_key: str
+    spec: RunSpec
+    metrics: dict[str, float | None]
+    timings: Timings
+    data: DataSummary
+    epochs: int
+    device: str
+    versions: dict[str, str]
+    notes: list[str] = []
+    tracking: dict[str, str] = {}
+    finished_at: str
+
+
+def run_prefix(spec: RunSpec) -> str:
+    return f"runs/{spec.sweep}/{spec.run_key}"
+
+
+def sweep_key(sweep_id: str) -> str:
+    return f"sweeps/{sweep_id}/sweep.json"
+
+
+def is_done(store: Store, spec: RunSpec) -> bool:
+    return store.exists(f"{run_prefix(spec)}/{RESULT}")
+
+
+def save_sweep(store: Store, sweep: Sweep) -> None:
+    """Record the plan; runs planned earlier under the same sweep id are kept."""
+    key = sweep_key(sweep.sweep_id)
+    runs = {r.run_key: r for r in sweep.runs}
+    if store.exists(key):
+        earlier = Sweep.model_validate_json(store.read_bytes(key))
+        runs = {**{r.run_key: r for r in earlier.runs}, **runs}
+        sweep = sweep.model_copy(update={"created": earlier.created})
+    store.write_bytes(key, sweep.model_copy(update={"runs": list(runs.values())}).model_dump_json(indent=2).encode())
+
+
+def load_results(store: Store, sweep_id: str | None = None, experiment: str | None = None) -> list[RunResult]:
+    """Every committed result of a sweep (or of all sweeps of an experiment), read in parallel."""
+    prefix = f"runs/{sweep_id}/" if sweep_id else "runs/"
+    keys = [k for k in store.list(prefix) if k.endswith(f"/{RESULT}")]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda k: RunResult.model_validate(json.loads(store.read_bytes(k))), keys))
+    return [r for r in results if experiment is None or r.spec.experiment == experiment]
+
+
+def iter_pending(store: Store, specs: list[RunSpec]) -> Iterator[RunSpec]:
+    return (s for s in specs if not is_done(store, s))

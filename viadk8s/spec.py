@@ -1,0 +1,131 @@
+"""The run spec: the one type that flows plan -> render -> worker -> result -> aggregate.
+
+A run is one model trained and tested on one dataset category with one seed and one variant
+of an experiment. Its ``run_key`` is a hash of the canonical spec and the protocol version, so
+the same run always lands under the same key and finished runs are skipped on re-submission.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from viadk8s import PROTOCOL_VERSION, catalog
+from viadk8s.errors import SpecError, validation_message
+
+#: Sweep ids become object-store prefixes and Kubernetes label values.
+SWEEP_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+IMAGE_SIZES = range(64, 1025, 32)
+
+
+class Trainer(BaseModel):
+    """Training settings that change results (execution details such as the device do not)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_epochs: int | None = Field(default=None, ge=1, description="None: the model's protocol epochs")
+    batch_size: int = Field(default=16, ge=1)
+
+
+class Variant(BaseModel):
+    """The fields the paper's experiments vary beyond model/dataset/size (protocol.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    validation: Literal["last_epoch", "test_early_stop", "val_early_stop", "synthetic_val_early_stop"] = "last_epoch"
+    contamination: float = Field(default=0.0, ge=0.0, lt=0.5)
+    drift: Literal["none", "synthetic"] = "none"
+    supervised_k: int = Field(default=0, ge=0)
+    train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+
+    def is_default(self) -> bool:
+        return self == Variant()
+
+    def label(self) -> str:
+        """Short text of the non-default fields, e.g. ``contamination=0.04``."""
+        return ",".join(f"{k}={v}" for k, v in self.model_dump(exclude_defaults=True).items())
+
+
+class RunSpec(BaseModel):
+    """One run. Everything but ``sweep`` enters the run key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sweep: str
+    experiment: str
+    model: str
+    dataset: str
+    category: str
+    seed: int
+    image_size: int = 256
+    weights: Literal["imagenet", "random"] = "imagenet"
+    trainer: Trainer = Trainer()
+    variant: Variant = Variant()
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep(cls, value: str) -> str:
+        if not SWEEP_ID.match(value):
+            raise ValueError(f"sweep id {value!r} must be 1-40 lowercase letters, digits or '-'")
+        return value
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, value: str) -> str:
+        catalog.experiment(value)
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if value not in catalog.models():
+            raise ValueError(f"unknown model {value!r}; allowed: {', '.join(catalog.models())}")
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, value: int) -> int:
+        if value not in IMAGE_SIZES:
+            raise ValueError(f"image size {value} not allowed; allowed: multiples of 32 from 64 to 1024")
+        return value
+
+    @property
+    def run_key(self) -> str:
+        canonical = json.dumps(
+            {"protocol": PROTOCOL_VERSION, "spec": self.model_dump(mode="json", exclude={"sweep"})},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def epochs(self) -> int:
+        return self.trainer.max_epochs or catalog.models()[self.model].epochs
+
+    @property
+    def run_name(self) -> str:
+        """The authors' MLflow run name."""
+        return f"{self.model}_{self.dataset}_{self.category}_seed{self.seed}"
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        """Parse a spec; any problem becomes one SpecError line."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as err:
+            raise SpecError(f"invalid run spec: {validation_message(err)}") from None
+
+
+class Sweep(BaseModel):
+    """An experiment expanded into run specs, filed under one sweep id."""
+
+    model_config = ConfigDict(extra="forbid")
+    sweep_id: str
+    experiment: str
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    runs: list[RunSpec]

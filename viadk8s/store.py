@@ -1,0 +1,82 @@
+"""Object storage for sweeps and results, behind one small API.
+
+Every write is atomic (a temporary name, then a rename), so a crash never leaves a half-written
+object under its final key. ``result.json`` is written last and is the run's commit marker.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from viadk8s.errors import SpecError
+
+
+class Store(Protocol):
+    uri: str
+
+    def exists(self, key: str) -> bool: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def upload(self, key: str, path: Path) -> None: ...
+    def list(self, prefix: str) -> Iterator[str]: ...
+    def local_path(self, key: str) -> Path | None: ...
+
+
+class FileStore:
+    """A folder on a local or shared file system."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uri = f"file://{root}"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise SpecError(f"store key {key!r} escapes the store")
+        return path
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def upload(self, key: str, path: Path) -> None:
+        self.write_bytes(key, path.read_bytes())
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                yield str(path.relative_to(self.root))
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+
+def open_store(uri: str) -> Store:
+    """A store from its URI (``file://DIR``; ``s3://`` arrives with the S3 backend)."""
+    if uri.startswith("file://"):
+        return FileStore(Path(uri.removeprefix("file://")))
+    scheme = uri.split("://", 1)[0] if "://" in uri else uri
+    raise SpecError(f"store {uri!r}: scheme {scheme!r} is not supported; allowed: file://DIR")
