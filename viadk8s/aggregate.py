@@ -46,6 +46,13 @@ def _method(row: pd.Series, varying: list[str]) -> str:
     return f"{name} ({', '.join(extra)})" if extra else name
 
 
+def _method_order(method: str) -> tuple[int, str]:
+    """Catalog order of the model behind a method label, then the label (settings)."""
+    names = [m.name for m in catalog.models().values()]
+    base = method.split(" (", 1)[0]
+    return (names.index(base) if base in names else len(names), method)
+
+
 def _cell(values: pd.DataFrame, metrics: Sequence[str]) -> str:
     """'95.1/76.9' from per-seed values; '95.1±0.3/…' when there are several seeds."""
     parts = []
@@ -62,6 +69,7 @@ def _cell(values: pd.DataFrame, metrics: Sequence[str]) -> str:
 def _table(per_seed: pd.DataFrame, column: str, metrics: Sequence[str]) -> pd.DataFrame:
     cells = per_seed.groupby(["method", column], sort=False).apply(lambda g: _cell(g, metrics), include_groups=False)
     table = cells.unstack(column).fillna(MISSING)
+    table = table.loc[sorted(table.index, key=_method_order)]
     table.index.name = "/".join(_abbrev(m) for m in metrics)
     table.columns.name = None
     return table

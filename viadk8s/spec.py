@@ -27,7 +27,7 @@ class Trainer(BaseModel):
     """Training settings that change results (execution details such as the device do not)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    max_epochs: int | None = Field(default=None, ge=1, description="None: the model's protocol epochs")
+    max_epochs: int | None = Field(default=None, ge=1, description="a cap on the model's protocol epochs (smoke runs)")
     batch_size: int = Field(default=16, ge=1)
 
 
@@ -102,7 +102,9 @@ class RunSpec(BaseModel):
 
     @property
     def epochs(self) -> int:
-        return self.trainer.max_epochs or catalog.models()[self.model].epochs
+        """The protocol's epochs for the model, capped by ``trainer.max_epochs``."""
+        protocol = catalog.models()[self.model].epochs
+        return min(protocol, self.trainer.max_epochs or protocol)
 
     @property
     def run_name(self) -> str:

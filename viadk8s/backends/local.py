@@ -17,6 +17,7 @@ from viadk8s.plan import Plan
 from viadk8s.results import is_done, save_sweep
 from viadk8s.spec import RunSpec
 from viadk8s.store import open_store
+from viadk8s.tracking import prepare_tracking
 from viadk8s.worker.env import worker_env
 
 ERROR_PREFIX = "error: "
@@ -68,6 +69,8 @@ def run_plan(plan: Plan, config: Config, config_path: str | None, jobs: int, con
     """Run what is not finished yet, ``jobs`` at a time; failures do not stop the sweep."""
     store = open_store(config.store_uri)
     save_sweep(store, plan.sweep)
+    if config.tracking_uri:  # create (and migrate) the MLflow database once, not in N racing workers
+        prepare_tracking(config.tracking_uri, config.store_uri, plan.sweep.experiment)
     outcome = Outcome()
     pending = []
     for spec in plan.runnable:
@@ -90,5 +93,5 @@ def run_plan(plan: Plan, config: Config, config_path: str | None, jobs: int, con
                 else:
                     outcome.failed.append(Failure(spec, code, _reason(log), log))
                 progress.advance(task)
-                progress.console.print(f"{'ok  ' if code == 0 else 'FAIL'} {spec.run_name} [{spec.run_key}]")
+                progress.console.print(f"{'ok  ' if code == 0 else 'FAIL'} {spec.run_name} [{spec.run_key}]", markup=False, highlight=False)
     return outcome

@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny synthetic dataset and an isolated store per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY = {"categories": ["tiles", "fabric"], "n_train": 10, "n_test_good": 6, "n_test_bad": 6, "size": 64}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's config, store or environment overrides."""
+    for var in ("VIADK8S_CONFIG", "VIADK8S_STORE", "VIADK8S_WEIGHTS_DIR", "VIADK8S_CACHE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    """viadk8s.yaml with a store in tmp_path and a 64 px, 10-image synthetic dataset 'tiny'."""
+    path = tmp_path / "viadk8s.yaml"
+    path.write_text(yaml.safe_dump({"store": str(tmp_path / "store"), "datasets": {"tiny": {"synthetic": TINY}}}))
+    return path
+
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """Run the real ``viadk8s`` command in a subprocess, as a user would."""
+
+    def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "viadk8s", *args], input=stdin, capture_output=True, text=True,
+            cwd=tmp_path, env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=900, check=False,
+        )
+
+    return run

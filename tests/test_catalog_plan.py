@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from viadk8s import catalog
+from viadk8s.config import load_config
+from viadk8s.errors import SpecError
+from viadk8s.plan import Selection, plan
+from viadk8s.spec import RunSpec, Variant
+
+
+def test_catalog_matches_protocol() -> None:
+    datasets = catalog.datasets()
+    counts = {k: len(datasets[k].categories) for k in ("visa", "mpdd", "btad", "realiad", "viaduct", "sensum_sodf", "mvtec_loco")}
+    assert counts == {"visa": 12, "mpdd": 6, "btad": 3, "realiad": 8, "viaduct": 12, "sensum_sodf": 2, "mvtec_loco": 5}
+    assert not datasets["vad"].has_masks and datasets["btad"].has_masks
+    available = {k for k, m in catalog.models().items() if m.available}
+    assert available == {"patchcore", "reverse_distillation", "csflow", "draem", "glass", "supersimplenet", "fastflow", "padim"}
+    assert catalog.models()["patchcore"].init_args["coreset_sampling_ratio"] == 0.1
+
+
+def test_every_experiment_refers_to_known_things() -> None:
+    fields = set(RunSpec.model_fields) | set(Variant.model_fields)
+    for exp in catalog.experiments().values():
+        assert set(exp.models) <= set(catalog.models())
+        assert set(exp.datasets) <= set(catalog.datasets())
+        assert set(exp.axes) <= fields
+        assert set(exp.metrics) <= set(catalog.METRICS)
+
+
+def test_unavailable_model_answers_not_available_yet() -> None:
+    with pytest.raises(SpecError, match="'simplenet' .* is not available yet.*available now: patchcore"):
+        catalog.model("simplenet")
+
+
+@pytest.mark.parametrize(
+    ("experiment", "runs"),
+    [  # models x paper datasets' categories x seeds x axis values
+        ("evaluation", 9 * (12 + 6 + 3 + 1 + 5 + 1 + 8 + 12 + 2)),
+        ("input_size", 8 * (8 + 3 + 1) * 3 * 3),
+        ("validation", 7 * (3 + 1 + 8) * 3 * 4),
+        ("noisy_labels", 8 * (1 + 2 + 12) * 3 * 4),
+        ("data_drift", 8 * (8 + 3 + 1 + 1) * 3 * 2),
+        ("supervised", 3 * (1 + 3 + 6) * 3 * 1),
+    ],
+)
+def test_paper_plans_expand_the_protocol(experiment: str, runs: int) -> None:
+    planned = plan(experiment, Selection(datasets=["paper"]), load_config())
+    assert len(planned.sweep.runs) == runs
+    assert len({r.run_key for r in planned.sweep.runs}) == runs
+
+
+def test_input_size_axis_and_defaults() -> None:
+    planned = plan("input_size", Selection(models=["patchcore"], seeds=[1]), load_config())
+    assert sorted({r.image_size for r in planned.sweep.runs}) == [128, 256, 512]
+    assert {r.dataset for r in planned.sweep.runs} == {"synthetic"}  # nothing configured: the embedded default
+    assert planned.sweep.sweep_id == "input-size"
+    assert any("synthetic" in note for note in planned.notes)
+
+
+def test_noisy_labels_sets_variant_fields() -> None:
+    planned = plan("noisy_labels", Selection(models=["patchcore"], seeds=[1], categories=["tiles"]), load_config())
+    assert sorted(r.variant.contamination for r in planned.sweep.runs) == [0.0, 0.04, 0.08, 0.16]
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        (Selection(models=["nope"]), "unknown model 'nope'"),
+        (Selection(datasets=["nope"]), "unknown dataset 'nope'; allowed: aebad, btad"),
+        (Selection(categories=["bottle"]), "unknown category of synthetic 'bottle'; allowed: fabric, tiles"),
+        (Selection(image_size=100), "image size 100 not allowed"),
+        (Selection(sweep="Not OK"), "sweep id 'Not OK'"),
+    ],
+)
+def test_bad_selection_is_one_clear_line(selection: Selection, message: str) -> None:
+    with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+        plan("evaluation", selection, load_config())
+
+
+def test_plan_cli_json(cli) -> None:  # noqa: ANN001 - fixture
+    done = cli("plan", "--experiment", "input_size", "--models", "padim", "--seeds", "7", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    sweep = json.loads(done.stdout)
+    assert {(r["image_size"], r["category"]) for r in sweep["runs"]} == {(s, c) for s in (128, 256, 512) for c in ("tiles", "fabric")}
