@@ -9,7 +9,7 @@ from PIL import Image
 from viadk8s.catalog import SyntheticOptions
 from viadk8s.config import load_config
 from viadk8s.data.layout import has_pixel_masks, scan_category
-from viadk8s.data.resolve import categories, resolve_category
+from viadk8s.data.resolve import Datasets
 from viadk8s.data.synthetic import ensure_category
 from viadk8s.errors import SpecError
 
@@ -76,16 +76,16 @@ def test_user_dataset_categories_are_discovered(tmp_path: Path) -> None:
         generated.rename(root / category)
     (root / "notes").mkdir()
     (tmp_path / "viadk8s.yaml").write_text(f"datasets: {{mine: {{path: {root}}}}}\n")
-    config = load_config()
-    assert categories(config, "mine") == ["gadget", "widget"]
-    assert resolve_category(config, "mine", "widget") == root / "widget"
+    datasets = Datasets(load_config())
+    assert datasets.categories("mine") == ["gadget", "widget"]
+    assert datasets.resolve("mine", "widget") == root / "widget"
     with pytest.raises(SpecError, match="unknown category of dataset mine 'notes'; allowed: gadget, widget"):
-        resolve_category(config, "mine", "notes")
+        datasets.resolve("mine", "notes")
 
 
 def test_paper_dataset_not_configured_says_how(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"dataset 'btad' is not available on this machine: declare it in viadk8s.yaml"):
-        resolve_category(load_config(), "btad", "01")
+        Datasets(load_config()).resolve("btad", "01")
 
 
 def test_folder_without_train_good_is_refused(tmp_path: Path) -> None:

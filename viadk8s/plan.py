@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from viadk8s import catalog
 from viadk8s.config import Config
-from viadk8s.data.resolve import categories, is_local
+from viadk8s.data.resolve import Datasets
 from viadk8s.errors import SpecError, one_of, validation_message
 from viadk8s.spec import RunSpec, Sweep, Trainer, Variant
 
@@ -60,17 +60,17 @@ def _models(exp: catalog.ExperimentEntry, chosen: Sequence[str] | None, notes: l
     return list(exp.models)
 
 
-def _datasets(exp: catalog.ExperimentEntry, chosen: Sequence[str] | None, config: Config, notes: list[str]) -> list[str]:
+def _datasets(exp: catalog.ExperimentEntry, chosen: Sequence[str] | None, datasets: Datasets, notes: list[str]) -> list[str]:
     if chosen and list(chosen) != [PAPER]:
         for key in chosen:
-            config.dataset(key)
+            datasets.entry(key)
         return list(chosen)
     if chosen:
         return list(exp.datasets)
-    here = [d for d in exp.datasets if is_local(config, d)]
+    here = [d for d in exp.datasets if datasets.is_available(d)]
     if here:
         return here
-    notes.append("no paper dataset is configured here: using the built-in 'synthetic' dataset (--datasets paper lists the paper's)")
+    notes.append("no paper dataset is configured or mirrored: using the built-in 'synthetic' dataset (--datasets paper selects the paper's)")
     return ["synthetic"]
 
 
@@ -87,8 +87,9 @@ def plan(experiment: str, selection: Selection, config: Config) -> Plan:
     exp = catalog.experiment(experiment)
     notes: list[str] = []
     models = _models(exp, selection.models, notes)
-    datasets = _datasets(exp, selection.datasets, config, notes)
-    per_dataset = {d: categories(config, d) for d in datasets}
+    available = Datasets(config)
+    datasets = _datasets(exp, selection.datasets, available, notes)
+    per_dataset = {d: available.categories(d) for d in datasets}
     if selection.categories:
         known = sorted({c for cats in per_dataset.values() for c in cats})
         for category in selection.categories:

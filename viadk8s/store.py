@@ -7,6 +7,7 @@ object under its final key. ``result.json`` is written last and is the run's com
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ class Store(Protocol):
     def read_bytes(self, key: str) -> bytes: ...
     def write_bytes(self, key: str, data: bytes) -> None: ...
     def upload(self, key: str, path: Path) -> None: ...
+    def download(self, key: str, path: Path) -> None: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def local_path(self, key: str) -> Path | None: ...
 
@@ -60,7 +62,14 @@ class FileStore:
             raise
 
     def upload(self, key: str, path: Path) -> None:
-        self.write_bytes(key, path.read_bytes())
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.copyfile(path, temporary)
+        os.replace(temporary, target)
+
+    def download(self, key: str, path: Path) -> None:
+        shutil.copyfile(self._path(key), path)
 
     def list(self, prefix: str) -> Iterator[str]:
         base = self._path(prefix)
@@ -74,9 +83,13 @@ class FileStore:
         return self._path(key)
 
 
-def open_store(uri: str) -> Store:
-    """A store from its URI (``file://DIR``; ``s3://`` arrives with the S3 backend)."""
+def open_store(uri: str, addressing_style: str = "auto", max_attempts: int = 5) -> Store:
+    """A store from its URI: ``file://DIR`` or ``s3://BUCKET[/PREFIX]``."""
     if uri.startswith("file://"):
         return FileStore(Path(uri.removeprefix("file://")))
-    scheme = uri.split("://", 1)[0] if "://" in uri else uri
-    raise SpecError(f"store {uri!r}: scheme {scheme!r} is not supported; allowed: file://DIR")
+    if uri.startswith("s3://"):
+        from viadk8s.s3 import S3Store
+
+        return S3Store(uri, addressing_style, max_attempts)
+    scheme = uri.split("://", 1)[0]
+    raise SpecError(f"store {uri!r}: scheme {scheme!r} is not supported; allowed: file://DIR, s3://BUCKET[/PREFIX]")

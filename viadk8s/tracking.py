@@ -1,4 +1,5 @@
-"""MLflow tracking: one MLflow experiment per viadk8s experiment, one MLflow run per run key.
+"""MLflow tracking: one MLflow experiment per viadk8s experiment, a parent MLflow run per sweep,
+and a child run per run key (re-running a run key updates its child, never duplicates it).
 
 Tracking never decides a run's fate: if MLflow cannot be reached, the result still lands in the
 store with ``tracking.status = pending``.
@@ -8,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from viadk8s.results import HISTOGRAM, RESULT, SCORES, RunResult, load_results, run_prefix
+from viadk8s.store import Store
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-    from viadk8s.results import RunResult
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3
@@ -52,10 +55,29 @@ def ensure_experiment(tracking_uri: str, store_uri: str, experiment: str) -> tup
     return client, client.create_experiment(experiment, artifact_location=_artifact_root(store_uri, experiment))
 
 
-def prepare_tracking(tracking_uri: str, store_uri: str, experiment: str) -> None:
-    """Best effort before a sweep starts; a failure here is retried (and reported) by each run."""
+def _find_or_create(client: MlflowClient, experiment_id: str, tags: dict[str, str], match: str) -> tuple[str, bool]:
+    found = client.search_runs([experiment_id], filter_string=match, max_results=1)
+    if found:
+        return found[0].info.run_id, True
+    return client.create_run(experiment_id, run_name=tags["mlflow.runName"], tags=tags).info.run_id, False
+
+
+def sweep_run(client: MlflowClient, experiment_id: str, sweep: str) -> str:
+    """The parent run of a sweep."""
+    tags = {"viadk8s.role": "sweep", "sweep": sweep, "mlflow.runName": sweep}
+    run_id, existed = _find_or_create(client, experiment_id, tags, f"tags.`viadk8s.role` = 'sweep' and tags.sweep = '{sweep}'")
+    if not existed:
+        client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def prepare_tracking(tracking_uri: str, store_uri: str, experiment: str, sweep: str) -> None:
+    """Create the experiment and the sweep's parent run once, before workers race to do it.
+
+    Best effort: a failure here is retried (and reported) by each run."""
     try:
-        ensure_experiment(tracking_uri, store_uri, experiment)
+        client, experiment_id = ensure_experiment(tracking_uri, store_uri, experiment)
+        sweep_run(client, experiment_id, sweep)
     except Exception as err:  # noqa: BLE001 - tracking must not stop a sweep
         log.warning("MLflow not ready (%s); runs will retry and keep results as pending", err)
 
@@ -79,11 +101,12 @@ def _log(result: RunResult, tracking_uri: str, store_uri: str, files: list[Path]
     """Tags, params, metrics and artifacts; re-running a run key updates its MLflow run."""
     spec = result.spec
     client, experiment_id = ensure_experiment(tracking_uri, store_uri, spec.experiment)
-    existing = client.search_runs([experiment_id], filter_string=f"tags.run_key = '{result.run_key}'", max_results=1)
     tags = {"model": spec.model, "dataset": spec.dataset, "category": spec.category, "seed": str(spec.seed),
             "experiment": spec.experiment, "variant": spec.variant.label() or "default", "run_key": result.run_key,
-            "sweep": spec.sweep, "mlflow.runName": spec.run_name}
-    run_id = existing[0].info.run_id if existing else client.create_run(experiment_id, run_name=spec.run_name, tags=tags).info.run_id
+            "sweep": spec.sweep, "viadk8s.role": "run", "mlflow.runName": spec.run_name,
+            "mlflow.parentRunId": sweep_run(client, experiment_id, spec.sweep)}
+    run_id, existing = _find_or_create(client, experiment_id, tags,
+                                       f"tags.run_key = '{result.run_key}' and tags.sweep = '{spec.sweep}'")
     params = {**_flatten(spec.model_dump(mode="json", exclude={"sweep"})), "epochs": str(result.epochs)}
     timings = {f"time_{k}": v for k, v in result.timings.model_dump().items() if isinstance(v, float)}
     metrics = {k: v for k, v in result.metrics.items() if v is not None} | timings
@@ -101,3 +124,24 @@ def _log(result: RunResult, tracking_uri: str, store_uri: str, files: list[Path]
     client.log_dict(run_id, result.model_dump(mode="json"), "result.json")
     client.set_terminated(run_id, "FINISHED")
     return {"status": "logged", "run_id": run_id, "tracking_uri": tracking_uri}
+
+
+def sync_pending(store: Store, tracking_uri: str, sweep_id: str | None = None) -> tuple[int, int]:
+    """Replay the runs whose tracking is pending; returns (synced, still pending)."""
+    synced = pending = 0
+    for result in load_results(store, sweep_id=sweep_id):
+        if result.tracking.get("status") != "pending":
+            continue
+        prefix = run_prefix(result.spec)
+        with tempfile.TemporaryDirectory(prefix="viadk8s-sync-") as work:
+            files = [Path(work) / name for name in (SCORES, HISTOGRAM)]
+            for file in files:
+                store.download(f"{prefix}/{file.name}", file)
+            tracking = log_run(result, tracking_uri, store.uri, files)
+        if tracking["status"] == "logged":
+            result.tracking = tracking
+            store.write_bytes(f"{prefix}/{RESULT}", result.model_dump_json(indent=2).encode())
+            synced += 1
+        else:
+            pending += 1
+    return synced, pending

@@ -16,7 +16,6 @@ from viadk8s.config import Config
 from viadk8s.plan import Plan
 from viadk8s.results import is_done, save_sweep
 from viadk8s.spec import RunSpec
-from viadk8s.store import open_store
 from viadk8s.tracking import prepare_tracking
 from viadk8s.worker.env import worker_env
 
@@ -53,7 +52,7 @@ def logs_dir(config: Config, sweep_id: str) -> Path:
 
 def run_one(spec: RunSpec, config: Config, config_path: str | None, threads: int, log: Path) -> int:
     """One worker subprocess; its output goes to ``log``. Returns the exit code."""
-    env = {**os.environ, **worker_env(threads), "VIADK8S_STORE": config.store_uri}
+    env = {**worker_env(threads), **os.environ, "VIADK8S_STORE": config.store_uri}
     if config_path:
         env["VIADK8S_CONFIG"] = str(Path(config_path).resolve())
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -67,10 +66,10 @@ def run_one(spec: RunSpec, config: Config, config_path: str | None, threads: int
 
 def run_plan(plan: Plan, config: Config, config_path: str | None, jobs: int, console: Console) -> Outcome:
     """Run what is not finished yet, ``jobs`` at a time; failures do not stop the sweep."""
-    store = open_store(config.store_uri)
+    store = config.open_store()
     save_sweep(store, plan.sweep)
     if config.tracking_uri:  # create (and migrate) the MLflow database once, not in N racing workers
-        prepare_tracking(config.tracking_uri, config.store_uri, plan.sweep.experiment)
+        prepare_tracking(config.tracking_uri, config.store_uri, plan.sweep.experiment, plan.sweep.sweep_id)
     outcome = Outcome()
     pending = []
     for spec in plan.runnable:

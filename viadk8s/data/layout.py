@@ -23,7 +23,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 class Sample:
     image_path: str
     label: int  # 1 = anomalous
-    split: Literal["train", "test"]
+    split: Literal["train", "val", "test"]
     defect: str  # "good" or the defect folder name
     mask_path: str | None = None
 

@@ -22,13 +22,12 @@ def main(spec_text: str, config_path: str | None = None, store: str | None = Non
         from viadk8s.config import load_config
         from viadk8s.results import is_done, run_prefix
         from viadk8s.spec import RunSpec
-        from viadk8s.store import open_store
         from viadk8s.worker.weights import configure_caches
 
         spec = RunSpec.from_json(spec_text)
         config = load_config(config_path, store=store)
         configure_caches(config.weights_dir)
-        target = open_store(config.store_uri)
+        target = config.open_store()
         if is_done(target, spec):
             print(f"{spec.run_name} [{spec.run_key}]: already done, nothing to do")
             return 0

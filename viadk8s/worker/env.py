@@ -2,7 +2,8 @@
 
 * ``HF_HUB_OFFLINE=1``: timm fails fast on a missing weight file instead of hanging on the network
   (a user opts in to downloads with ``VIADK8S_ALLOW_DOWNLOADS=1``).
-* ``MLFLOW_DISABLE_TELEMETRY=true``.
+* ``MLFLOW_DISABLE_TELEMETRY=true``; MLflow's HTTP retries bounded (3 tries, 30 s timeout) so an
+  unreachable tracking server costs seconds, not minutes: the run's result is kept as pending.
 * ``MALLOC_MMAP_THRESHOLD_=1048576``: PatchCore's coreset loop fragments glibc's heap (19.7 GB RSS
   at 128 px without it, 0.66 GB with it). glibc reads it at start-up, so a process that was
   started without it sets the same threshold with ``mallopt``.
@@ -22,6 +23,9 @@ def worker_env(threads: int | None = None) -> dict[str, str]:
     """Variables for a worker process (also baked into the container image)."""
     env = {
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
         "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
         "PYTHONUNBUFFERED": "1",
     }

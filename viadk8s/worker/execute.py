@@ -26,7 +26,7 @@ from viadk8s import catalog
 from viadk8s.catalog import METRICS
 from viadk8s.config import Config
 from viadk8s.data.layout import Sample, has_pixel_masks, scan_category
-from viadk8s.data.resolve import resolve_category
+from viadk8s.data.resolve import Datasets
 from viadk8s.data.synthetic import texture_bank
 from viadk8s.errors import SpecError
 from viadk8s.results import HISTOGRAM, RESULT, SCORES, DataSummary, RunResult, Timings, run_prefix
@@ -90,8 +90,9 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
     entry = catalog.model(spec.model)
     if not spec.variant.is_default():
         raise SpecError(f"variant {spec.variant.label()!r} of experiment {spec.experiment!r} is not implemented in the worker yet")
-    dataset = config.dataset(spec.dataset)
-    samples = scan_category(resolve_category(config, spec.dataset, spec.category))
+    datasets = Datasets(config, store)
+    dataset = datasets.entry(spec.dataset)
+    samples = scan_category(datasets.resolve(spec.dataset, spec.category))
     pixel = dataset.has_masks and entry.pixel_maps and has_pixel_masks(samples)
     used = [s for s in samples if s.split == "test" or s.label == 0]  # labelled bad train images: supervised only
     notes: list[str] = []
