@@ -71,8 +71,11 @@ def test_sweep_runs_resumes_and_matches_independent_metrics(cli, tiny_config: Pa
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("evaluation")
-    tracked = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("viadk8s.role") == "sweep"]
+    tracked = [r for r in runs if r.data.tags.get("viadk8s.role") == "run"]
     assert sorted(r.data.tags["model"] for r in tracked) == ["padim", "patchcore"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in tracked} == {parent.info.run_id}
     assert {r.info.run_name for r in tracked} == {"patchcore_tiny_tiles_seed3341", "padim_tiny_tiles_seed3341"}
     assert all(r.data.params["image_size"] == "64" and "image_AUROC" in r.data.metrics for r in tracked)
     assert {a.path for a in client.list_artifacts(tracked[0].info.run_id)} >= {"scores.csv", "scores.png", "result.json"}

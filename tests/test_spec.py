@@ -12,7 +12,7 @@ def test_run_key_is_stable_and_pinned() -> None:
     """The key of a fixed spec is pinned: a change here orphans every stored result."""
     spec = RunSpec(**BASE)
     assert spec.run_key == RunSpec.from_json(spec.to_json()).run_key
-    assert spec.run_key == "4ffd023ba4fb45bc"
+    assert spec.run_key == "aa22013b0ffa7541"
 
 
 def test_run_key_ignores_sweep_but_not_settings() -> None:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from viadk8s import catalog
 from viadk8s.catalog import DatasetEntry, SyntheticOptions
 from viadk8s.errors import SpecError, one_of, validation_message
+from viadk8s.k8s.settings import ClusterSettings, apply_env
+from viadk8s.store import Store, open_store
 
 DEFAULT_STORE = "viadk8s-runs"
 CONFIG_FILE = "viadk8s.yaml"
@@ -42,13 +44,24 @@ class MlflowSettings(BaseModel):
     tracking_uri: str | None = None
 
 
+class S3Settings(BaseModel):
+    """How to talk to an S3-compatible store (endpoint and credentials: the standard AWS chain)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    max_attempts: int = Field(default=5, ge=1, le=20)
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     store: str = DEFAULT_STORE
+    s3: S3Settings = S3Settings()
     mlflow: MlflowSettings = MlflowSettings()
     weights_dir: str | None = None
     cache_dir: str | None = None
+    cache_max_gb: float | None = Field(default=None, gt=0)
     datasets: dict[str, DatasetSource] = {}
+    cluster: ClusterSettings = ClusterSettings()
 
     @property
     def store_uri(self) -> str:
@@ -56,6 +69,9 @@ class Config(BaseModel):
         if "://" in self.store:
             return self.store
         return "file://" + str(Path(self.store).expanduser().resolve())
+
+    def open_store(self) -> Store:
+        return open_store(self.store_uri, self.s3.addressing_style, self.s3.max_attempts)
 
     @property
     def tracking_uri(self) -> str | None:
@@ -97,7 +113,8 @@ class Config(BaseModel):
         return sorted({*catalog.datasets(), *self.datasets})
 
 
-_ENV = {"store": "VIADK8S_STORE", "weights_dir": "VIADK8S_WEIGHTS_DIR", "cache_dir": "VIADK8S_CACHE"}
+_ENV = {"store": "VIADK8S_STORE", "weights_dir": "VIADK8S_WEIGHTS_DIR", "cache_dir": "VIADK8S_CACHE",
+        "cache_max_gb": "VIADK8S_CACHE_MAX_GB"}
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
@@ -120,6 +137,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
     for key, var in _ENV.items():
         if os.environ.get(var):
             data[key] = os.environ[var]
+    apply_env(data)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         data.setdefault("mlflow", {})["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
     data.update({k: v for k, v in overrides.items() if v is not None})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,6 +30,8 @@ class DataSummary(BaseModel):
     n_test_good: int
     n_test_bad: int
     pixel_masks: bool
+    n_val: int = 0
+    changes: dict[str, Any] = {}  # what the experiment's variant did: moved images, drift, validation set
 
 
 class RunResult(BaseModel):
@@ -38,7 +41,9 @@ class RunResult(BaseModel):
     metrics: dict[str, float | None]
     timings: Timings
     data: DataSummary
-    epochs: int
+    epochs: int  # planned (the protocol's, capped by max_epochs)
+    epochs_run: int | None = None
+    tested_epoch: int | None = None  # early stop: the best epoch on validation
     device: str
     versions: dict[str, str]
     notes: list[str] = []

@@ -13,7 +13,7 @@ import re
 from datetime import datetime, timezone
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from viadk8s import PROTOCOL_VERSION, catalog
 from viadk8s.errors import SpecError, validation_message
@@ -40,6 +40,10 @@ class Variant(BaseModel):
     drift: Literal["none", "synthetic"] = "none"
     supervised_k: int = Field(default=0, ge=0)
     train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    # early stopping (every validation strategy but last_epoch)
+    monitor: Literal["image_AUROC", "image_F1Max", "pixel_AUROC", "pixel_AUPRO", "pixel_F1Max"] = "image_AUROC"
+    patience: int = Field(default=10, ge=1, description="validation checks without improvement before stopping")
+    check_every: int = Field(default=1, ge=1, description="epochs between validation checks")
 
     def is_default(self) -> bool:
         return self == Variant()
@@ -91,10 +95,19 @@ class RunSpec(BaseModel):
             raise ValueError(f"image size {value} not allowed; allowed: multiples of 32 from 64 to 1024")
         return value
 
+    @model_validator(mode="after")
+    def _model_accepts_size(self) -> RunSpec:
+        smallest = catalog.models()[self.model].min_image_size
+        if self.image_size < smallest:
+            raise ValueError(f"model {self.model} needs image size >= {smallest}, got {self.image_size}")
+        return self
+
     @property
     def run_key(self) -> str:
         canonical = json.dumps(
-            {"protocol": PROTOCOL_VERSION, "spec": self.model_dump(mode="json", exclude={"sweep"})},
+            # defaults are left out, so a field added later (with a default) keeps existing keys;
+            # changing what a default means bumps PROTOCOL_VERSION instead
+            {"protocol": PROTOCOL_VERSION, "spec": self.model_dump(mode="json", exclude={"sweep"}, exclude_defaults=True)},
             sort_keys=True,
             separators=(",", ":"),
         )

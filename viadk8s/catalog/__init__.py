@@ -39,6 +39,8 @@ class ModelEntry(_Entry):
     epochs: int = Field(ge=1)
     init_args: dict[str, Any] = {}
     pixel_maps: bool = True
+    min_image_size: int = 64  # smaller inputs leave its feature pyramid empty
+    supervised_args: dict[str, Any] | None = None  # init_args of its supervised mode, if it has one
 
     @property
     def available(self) -> bool:

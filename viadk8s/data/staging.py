@@ -24,7 +24,7 @@ from viadk8s.store import Store
 log = logging.getLogger(__name__)
 USED = ".used"  # touched on every use: the LRU clock
 SIZE = ".bytes"
-_held: list[int] = []  # shared locks kept until the process exits
+_held: dict[Path, int] = {}  # entry -> its shared lock, kept until the process exits
 
 
 def _lock(path: Path, mode: int) -> int | None:
@@ -72,6 +72,8 @@ def stage(store: Store, manifest: Manifest, category: str, cache: Path, max_byte
     archive = manifest.categories[category]
     root = cache / "datasets"
     entry = root / manifest.name / archive.sha256[:16]
+    if entry in _held:  # this process staged it already (and holds it)
+        return entry / category, False
     fd = _lock(root / ".locks" / f"{manifest.name}-{entry.name}.lock", fcntl.LOCK_EX)
     assert fd is not None
     downloaded = False
@@ -83,7 +85,7 @@ def stage(store: Store, manifest: Manifest, category: str, cache: Path, max_byte
             downloaded = True
         (entry / USED).touch()
         fcntl.flock(fd, fcntl.LOCK_SH)  # keep using it; others may use it too, nobody evicts it
-        _held.append(fd)
+        _held[entry] = fd
     except BaseException:
         os.close(fd)
         raise

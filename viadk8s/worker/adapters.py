@@ -36,8 +36,15 @@ from viadk8s.spec import RunSpec
 PG_PB_RATE = 0.02  # the paper's PG2 / PB2
 
 
-def evaluator(pixel: bool) -> Evaluator:
-    """The protocol's metrics; pixel metrics only when the test set has masks."""
+def _validation_metric(name: str) -> AUROC | F1Max | AUPRO:
+    level, kind = name.split("_", 1)
+    fields = ["pred_score", "gt_label"] if level == "image" else ["anomaly_map", "gt_mask"]
+    return {"AUROC": AUROC, "F1Max": F1Max, "AUPRO": AUPRO}[kind](fields=fields, prefix=f"{level}_")
+
+
+def evaluator(pixel: bool, monitor: str | None = None) -> Evaluator:
+    """The protocol's test metrics (pixel ones only when the test set has masks), and the
+    validation metric that early stopping monitors, if any."""
     image = ["pred_score", "gt_label"]
     presorted = [PGn(fields=image, fnr=PG_PB_RATE), PBn(fields=image, fpr=PG_PB_RATE)]
     for metric in presorted:  # anomalib names them "PG2"/"PB2" whatever the prefix
@@ -50,7 +57,7 @@ def evaluator(pixel: bool) -> Evaluator:
             AUPRO(fields=pixel_fields, prefix="pixel_"),
             F1Max(fields=pixel_fields, prefix="pixel_"),
         ]
-    return Evaluator(val_metrics=[], test_metrics=metrics)
+    return Evaluator(val_metrics=[_validation_metric(monitor)] if monitor else [], test_metrics=metrics)
 
 
 @contextlib.contextmanager
@@ -61,6 +68,11 @@ def _patched(module: Any, name: str, value: Any) -> Iterator[None]:
         yield
     finally:
         setattr(module, name, original)
+
+
+def _random_efficientnet_b5(*args: Any, **kwargs: Any) -> Any:
+    """CS-Flow's backbone without the ImageNet weights it asks for."""
+    return tv_models.efficientnet_b5(weights=None)
 
 
 def _capped_perlin(original: Any) -> Any:
@@ -77,13 +89,14 @@ def _capped_perlin(original: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _offline_construction(cls: type, pretrained: bool) -> Iterator[None]:
-    """Make a model class honour ``weights: random`` where anomalib hard-codes downloads."""
+def quirks_fixed(entry: ModelEntry, pretrained: bool) -> Iterator[None]:
+    """Fix anomalib's quirks for one model while it is built, trained and tested."""
+    cls = getattr(anomalib_models, str(entry.anomalib_class))
     with contextlib.ExitStack() as stack:
         if cls is anomalib_models.Csflow and not pretrained:
             from anomalib.models.image.csflow import torch_model as csflow
 
-            stack.enter_context(_patched(csflow, "efficientnet_b5", functools.partial(tv_models.efficientnet_b5, weights=None)))
+            stack.enter_context(_patched(csflow, "efficientnet_b5", _random_efficientnet_b5))
         if cls is anomalib_models.Supersimplenet:
             from anomalib.models.image.supersimplenet import anomaly_generator, torch_model as ssn
 
@@ -104,8 +117,10 @@ def _glass_optimizers(self: Any) -> list[optim.Optimizer]:
     return optimizers
 
 
-def build_model(spec: RunSpec, entry: ModelEntry, anomaly_source: Path, pixel: bool) -> AnomalibModule:
-    """The catalog's model with the protocol's input size, raw scores and the protocol's metrics."""
+def build_model(spec: RunSpec, entry: ModelEntry, anomaly_source: Path, pixel: bool, monitor: str | None) -> AnomalibModule:
+    """The catalog's model with the protocol's input size, raw scores and the protocol's metrics.
+
+    Call it, and train and test the model, inside :func:`quirks_fixed`."""
     cls = getattr(anomalib_models, str(entry.anomalib_class))
     accepted = inspect.signature(cls.__init__).parameters
     pretrained = spec.weights == "imagenet"
@@ -116,16 +131,16 @@ def build_model(spec: RunSpec, entry: ModelEntry, anomaly_source: Path, pixel: b
         "dtd_dir": str(anomaly_source),
         "anomaly_source_path": str(anomaly_source),
     }
-    kwargs = {**{k: v for k, v in wanted.items() if k in accepted}, **entry.init_args}
+    supervised = entry.supervised_args if spec.variant.supervised_k else {}
+    kwargs = {**{k: v for k, v in wanted.items() if k in accepted}, **entry.init_args, **(supervised or {})}
     kwargs.update(
         # the model's own transforms (anomalib 2.7 adds no centre crop) at the protocol's size
         pre_processor=cls.configure_pre_processor(image_size=size),
         post_processor=PostProcessor(enable_normalization=False),  # raw scores, unclipped
-        evaluator=evaluator(pixel),
+        evaluator=evaluator(pixel, monitor),
         visualizer=False,
     )
-    with _offline_construction(cls, pretrained):
-        model = cls(**kwargs)
+    model = cls(**kwargs)
     if cls is anomalib_models.Glass:
         model.configure_optimizers = _glass_optimizers.__get__(model)
     return model

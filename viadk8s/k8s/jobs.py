@@ -1,0 +1,257 @@
+"""Submit a sweep as Jobs, follow it, read a run's log, cancel it: the library behind the CLI.
+
+Resubmission resumes: runs whose ``result.json`` is in the store and Jobs that already exist
+are skipped, so submitting the same sweep twice never creates a duplicate Job.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from kubernetes import client
+
+from viadk8s import catalog
+from viadk8s.config import Config
+from viadk8s.errors import InfraError, SpecError
+from viadk8s.k8s.client import Cluster, resolve_namespace
+from viadk8s.k8s.render import LABEL_PREFIX, WORKER_SELECTOR, RenderedSweep, config_map_name, render_sweep
+from viadk8s.plan import Plan
+from viadk8s.results import is_done, save_sweep
+from viadk8s.spec import SWEEP_ID, RunSpec
+
+DryRun = Literal["client", "server"]
+State = Literal["pending", "running", "succeeded", "failed"]
+STATES: tuple[State, ...] = ("pending", "running", "succeeded", "failed")
+#: What the worker's exit codes mean (viadk8s.worker), and the kernel's OOM kill.
+EXIT_MEANINGS = {1: "crash in training", 2: "invalid input", 3: "infrastructure", 137: "killed, out of memory?"}
+_RUN_KEY = re.compile(r"^[0-9a-f]{16}$")
+
+
+def check_sweep_id(sweep_id: str) -> str:
+    if not SWEEP_ID.match(sweep_id):
+        raise SpecError(f"sweep id {sweep_id!r} is not allowed; allowed: 1-40 lowercase letters, digits or '-'")
+    return sweep_id
+
+
+def sweep_selector(sweep_id: str | None) -> str:
+    return f"{WORKER_SELECTOR},{LABEL_PREFIX}sweep={check_sweep_id(sweep_id)}" if sweep_id else WORKER_SELECTOR
+
+
+@dataclass
+class SubmitReport:
+    sweep_id: str
+    namespace: str
+    dry_run: DryRun | None
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    not_runnable: list[RunSpec] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def refuse_unrunnable(experiment: str) -> None:
+    """Only experiments whose worker side exists become Jobs; the others render and dry-run."""
+    if not catalog.experiment(experiment).runnable:
+        runnable = ", ".join(k for k, e in catalog.experiments().items() if e.runnable)
+        raise SpecError(f"experiment {experiment!r} can be rendered but not submitted yet: its data-side variants are "
+                        f"not implemented (use --dry-run); runnable: {runnable}")
+
+
+def _apply_config_map(cluster: Cluster, rendered: RenderedSweep, dry_run: str | None) -> None:
+    """Create the sweep's ConfigMap, or update it so a resubmission carries the current config."""
+    manifest = rendered.config_map
+    if not cluster.attempt(409, f"create ConfigMap {manifest.name}", cluster.core.create_namespaced_config_map,
+                           cluster.namespace, manifest.body, dry_run=dry_run):
+        cluster.call(f"update ConfigMap {manifest.name}", cluster.core.patch_namespaced_config_map, manifest.name,
+                     cluster.namespace, manifest.body, dry_run=dry_run, _content_type="application/merge-patch+json")
+
+
+def existing_jobs(cluster: Cluster, sweep_id: str | None) -> list[client.V1Job]:
+    return cluster.call("list Jobs", cluster.batch.list_namespaced_job, cluster.namespace,
+                        label_selector=sweep_selector(sweep_id)).items
+
+
+def submit(planned: Plan, config: Config, cluster: Cluster | None, dry_run: DryRun | None = None) -> SubmitReport:
+    """Create the Jobs of a sweep that are neither finished nor already there.
+
+    ``cluster`` is None only for ``dry_run="client"``: render and check, contact nothing.
+    ``dry_run="server"`` sends every request with ``dryRun=All``: the API server validates and
+    admits, nothing is stored. Only a real submission writes the sweep manifest to the store.
+    """
+    sweep = planned.sweep
+    if dry_run is None:
+        refuse_unrunnable(sweep.experiment)
+    if (cluster is None) != (dry_run == "client"):
+        raise ValueError("a cluster is needed unless dry_run='client'")
+    namespace = cluster.namespace if cluster else resolve_namespace(config.cluster)
+    rendered = render_sweep(planned, config, namespace)
+    report = SubmitReport(sweep.sweep_id, namespace, dry_run, not_runnable=rendered.not_runnable)
+    store = config.open_store()
+    with ThreadPoolExecutor(max_workers=16) as pool:  # one HEAD per run on an object store
+        finished = list(pool.map(lambda job: is_done(store, job.spec), rendered.jobs))
+    pending = [job for job, done in zip(rendered.jobs, finished, strict=True) if not done]
+    report.done = [job.spec.run_key for job, done in zip(rendered.jobs, finished, strict=True) if done]
+    if config.store_uri.startswith("file://"):
+        report.notes.append(f"the store {config.store_uri} is a folder on this machine: pods cannot write there; "
+                            "use an s3:// store on a cluster")
+    if cluster is None:
+        report.created = [job.name for job in pending]
+        report.notes.append("client dry run: Jobs already on the cluster were not checked")
+        return report
+    server_dry_run = "All" if dry_run == "server" else None
+    present = {job.metadata.name for job in existing_jobs(cluster, sweep.sweep_id)}
+    if dry_run is None:
+        save_sweep(store, sweep)
+    _apply_config_map(cluster, rendered, server_dry_run)
+    for job in pending:
+        created = job.name not in present and cluster.attempt(
+            409, f"create Job {job.name}", cluster.batch.create_namespaced_job, namespace, job.body, dry_run=server_dry_run)
+        (report.created if created else report.existing).append(job.name)
+    return report
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    sweep: str
+    run_key: str
+    job: str
+    model: str
+    dataset: str
+    state: State
+    reason: str = ""
+
+
+@dataclass
+class SweepStatus:
+    namespace: str
+    runs: list[RunStatus]
+
+    def counts(self) -> dict[State, int]:
+        found = Counter(r.state for r in self.runs)
+        return {state: found.get(state, 0) for state in STATES}
+
+    @property
+    def finished(self) -> bool:
+        return all(r.state in ("succeeded", "failed") for r in self.runs)
+
+
+def _created(obj: Any) -> datetime:
+    return obj.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC)
+
+
+def _termination(pod: client.V1Pod) -> str:
+    """'exit 2 (invalid input): <the worker's last log line>' for a failed worker container."""
+    for status in pod.status.container_statuses or []:
+        done = status.state.terminated if status.state else None
+        if status.name == "worker" and done is not None and done.exit_code:
+            meaning = EXIT_MEANINGS.get(done.exit_code, done.reason or "error")
+            lines = [line for line in (done.message or "").splitlines() if line.strip()]
+            return f"exit {done.exit_code} ({meaning})" + (f": {lines[-1].strip()}" if lines else "")
+    return ""
+
+
+def _waiting(pod: client.V1Pod) -> str:
+    """Why a pod has not started: unschedulable, pulling or failing to pull the image, ..."""
+    for status in pod.status.container_statuses or []:
+        waiting = status.state.waiting if status.state else None
+        if waiting is not None and waiting.reason:
+            return f"{waiting.reason}: {waiting.message}" if waiting.message else waiting.reason
+    for condition in pod.status.conditions or []:
+        if condition.type == "PodScheduled" and condition.status == "False":
+            return f"{condition.reason}: {condition.message}" if condition.message else str(condition.reason)
+    return "pod pending"
+
+
+def job_state(job: client.V1Job, pods: list[client.V1Pod]) -> tuple[State, str]:
+    """A Job's state and the reason a person needs, from its conditions and its newest pod."""
+    status = job.status or client.V1JobStatus()
+    conditions = {c.type: c for c in status.conditions or [] if c.status == "True"}
+    newest = max(pods, key=_created) if pods else None
+    detail = next((d for d in (_termination(p) for p in sorted(pods, key=_created, reverse=True)) if d), "")
+    if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
+        return "succeeded", ""
+    for kind in ("Failed", "FailureTarget"):
+        if kind in conditions:
+            condition = conditions[kind]
+            reason = f"{condition.reason}: {detail or condition.message or ''}".rstrip(": ")
+            return "failed", reason
+    if job.spec and job.spec.suspend:
+        return "pending", "suspended: waiting for its queue"
+    if newest is None or newest.status is None:
+        return "pending", "no pod yet"
+    retry = f"retry {status.failed} after {detail or 'a failure'}" if status.failed else ""
+    if newest.status.phase == "Running":
+        return "running", retry
+    if newest.status.phase == "Pending":
+        return "pending", "; ".join(r for r in (_waiting(newest), retry) if r)
+    return "running", retry or f"pod {str(newest.status.phase).lower()}"
+
+
+def sweep_status(cluster: Cluster, sweep_id: str | None = None) -> SweepStatus:
+    """Every worker Job of one sweep (or of all sweeps) in the namespace."""
+    jobs = existing_jobs(cluster, sweep_id)
+    pods = cluster.call("list pods", cluster.core.list_namespaced_pod, cluster.namespace,
+                        label_selector=sweep_selector(sweep_id)).items
+    by_job: dict[tuple[str, str], list[client.V1Pod]] = {}
+    for pod in pods:
+        labels = pod.metadata.labels or {}
+        by_job.setdefault((labels.get(f"{LABEL_PREFIX}sweep", ""), labels.get(f"{LABEL_PREFIX}run-key", "")), []).append(pod)
+    runs = []
+    for job in sorted(jobs, key=lambda j: j.metadata.name):
+        labels = job.metadata.labels or {}
+        key = (labels.get(f"{LABEL_PREFIX}sweep", ""), labels.get(f"{LABEL_PREFIX}run-key", ""))
+        state, reason = job_state(job, by_job.get(key, []))
+        runs.append(RunStatus(sweep=key[0], run_key=key[1], job=job.metadata.name, model=labels.get(f"{LABEL_PREFIX}model", ""),
+                              dataset=labels.get(f"{LABEL_PREFIX}dataset", ""), state=state, reason=reason))
+    return SweepStatus(cluster.namespace, runs)
+
+
+def wait(cluster: Cluster, sweep_id: str | None, on_update: Callable[[SweepStatus], None],
+         interval: float = 15.0, timeout: float | None = None) -> SweepStatus:
+    """Poll until every Job of the sweep (of all sweeps: None) has succeeded or failed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status = sweep_status(cluster, sweep_id)
+        on_update(status)
+        if status.finished:
+            return status
+        if deadline is not None and time.monotonic() >= deadline:
+            counts = status.counts()
+            raise InfraError(f"sweep {sweep_id or '(all)'}: {counts['pending']} pending and {counts['running']} running "
+                             f"after {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def run_logs(cluster: Cluster, run_key: str, sweep_id: str | None = None, tail: int | None = None) -> tuple[str, str]:
+    """The worker log of a run's newest pod: (pod name, text)."""
+    if not _RUN_KEY.match(run_key):
+        raise SpecError(f"run key {run_key!r} is not allowed; allowed: the 16 hex digits shown by `viadk8s plan` or `status`")
+    selector = f"{sweep_selector(sweep_id)},{LABEL_PREFIX}run-key={run_key}"
+    pods = cluster.call("list pods", cluster.core.list_namespaced_pod, cluster.namespace, label_selector=selector).items
+    if not pods:
+        raise SpecError(f"no pod of run {run_key} in namespace {cluster.namespace!r} "
+                        "(not started, or its Job was deleted after ttl_seconds_after_finished)")
+    pod = max(pods, key=_created)
+    name = pod.metadata.name
+    text = cluster.call(f"read the log of pod {name}", cluster.core.read_namespaced_pod_log, name, cluster.namespace,
+                        container="worker", tail_lines=tail)
+    return name, text
+
+
+def cancel(cluster: Cluster, sweep_id: str) -> list[str]:
+    """Delete a sweep's Jobs (their pods go with background propagation) and its ConfigMap."""
+    names = sorted(job.metadata.name for job in existing_jobs(cluster, sweep_id))
+    options = client.V1DeleteOptions(propagation_policy="Background")
+    for name in names:
+        cluster.attempt(404, f"delete Job {name}", cluster.batch.delete_namespaced_job, name, cluster.namespace, body=options)
+    config_map = config_map_name(sweep_id)
+    cluster.attempt(404, f"delete ConfigMap {config_map}", cluster.core.delete_namespaced_config_map,
+                    config_map, cluster.namespace)
+    return names
