@@ -29,7 +29,7 @@ def assert_clean_failure(done, message: str, store: Path) -> None:  # noqa: ANN0
         (("--experiment", "input_size", "--image-size", "300"), "image size 300 not allowed; allowed: multiples of 32"),
         (("--experiment", "evaluation", "--weights", "coco"), "unknown weights 'coco'; allowed: imagenet, random"),
         (("--experiment", "evaluation", "--seeds", "1,x"), "bad --seeds '1,x'"),
-        (("--experiment", "noisy_labels"), "experiment 'noisy_labels' can be planned but not run yet"),
+        (("--experiment", "supervised", "--models", "padim"), "model 'padim' has no supervised mode"),
     ],
 )
 def test_run_rejects_bad_selection(cli, tmp_path: Path, args: tuple[str, ...], message: str) -> None:  # noqa: ANN001

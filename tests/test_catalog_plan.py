@@ -38,11 +38,11 @@ def test_unavailable_model_answers_not_available_yet() -> None:
 @pytest.mark.parametrize(
     ("experiment", "runs"),
     [  # models x paper datasets' categories x seeds x axis values
-        ("evaluation", 9 * (12 + 6 + 3 + 1 + 5 + 1 + 8 + 12 + 2)),
+        ("evaluation", 9 * (12 + 6 + 3 + 1 + 5 + 4 + 8 + 12 + 2)),  # AeBAD: no drift + 3 drift subsets
         ("input_size", 8 * (8 + 3 + 1) * 3 * 3),
         ("validation", 7 * (3 + 1 + 8) * 3 * 4),
         ("noisy_labels", 8 * (1 + 2 + 12) * 3 * 4),
-        ("data_drift", 8 * (8 + 3 + 1 + 1) * 3 * 2),
+        ("data_drift", 8 * (8 + 3 + 1 + 4) * 3 * 2),
         ("supervised", 3 * (1 + 3 + 6) * 3 * 1),
     ],
 )
@@ -60,6 +60,12 @@ def test_input_size_axis_and_defaults() -> None:
     assert any("synthetic" in note for note in planned.notes)
 
 
+def test_patchcore_trains_on_a_quarter_at_512_on_large_sets() -> None:
+    planned = plan("input_size", Selection(models=["patchcore", "padim"], datasets=["paper"], seeds=[1]), load_config())
+    quarter = {(r.model, r.dataset, r.image_size) for r in planned.sweep.runs if r.variant.train_fraction == 0.25}
+    assert quarter == {("patchcore", "vad", 512), ("patchcore", "btad", 512)}
+
+
 def test_noisy_labels_sets_variant_fields() -> None:
     planned = plan("noisy_labels", Selection(models=["patchcore"], seeds=[1], categories=["tiles"]), load_config())
     assert sorted(r.variant.contamination for r in planned.sweep.runs) == [0.0, 0.04, 0.08, 0.16]
@@ -71,7 +77,7 @@ def test_noisy_labels_sets_variant_fields() -> None:
         (Selection(models=["nope"]), "unknown model 'nope'"),
         (Selection(datasets=["nope"]), "unknown dataset 'nope'; allowed: aebad, btad"),
         (Selection(categories=["bottle"]), "unknown category of synthetic 'bottle'; allowed: fabric, tiles"),
-        (Selection(image_size=100), "image size 100 not allowed"),
+        (Selection(image_sizes=[100]), "image size 100 not allowed"),
         (Selection(sweep="Not OK"), "sweep id 'Not OK'"),
     ],
 )

@@ -116,7 +116,7 @@ def config(tmp_path: Path) -> Config:
 
 def _plan(config: Config, sweep: str = "s1", seeds: list[int] | None = None) -> Plan:
     """patchcore at 128 px: two runs (the synthetic dataset's two categories) per seed."""
-    return plan("input_size", Selection(models=["patchcore"], seeds=seeds or [1], image_size=128, sweep=sweep), config)
+    return plan("input_size", Selection(models=["patchcore"], seeds=seeds or [1], image_sizes=[128], sweep=sweep), config)
 
 
 def _cluster(config: Config) -> Cluster:
@@ -169,11 +169,10 @@ def test_client_dry_run_contacts_nothing(api: Server, config: Config) -> None:
     assert len(api.handler) == 0
 
 
-def test_submit_refuses_a_plan_only_experiment(api: Server, config: Config) -> None:
-    planned = plan("validation", Selection(models=["patchcore"], seeds=[1]), config)
-    with pytest.raises(SpecError, match="'validation' can be rendered but not submitted yet"):
-        jobs.submit(planned, config, _cluster(config))
-    assert len(api.handler) == 0
+def test_submit_a_variant_experiment(api: Server, config: Config) -> None:
+    planned = plan("validation", Selection(models=["fastflow"], seeds=[1], categories=["tiles"]), config)
+    report = jobs.submit(planned, config, _cluster(config))
+    assert len(report.created) == 4  # one Job per validation strategy
 
 
 # --- status ---------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ def test_paper_datasets_render_valid_unique_names() -> None:
     config = load_config()
     rendered = render_sweep(plan("evaluation", Selection(datasets=["paper"]), config), config, "bench")
     names = [job.name for job in rendered.jobs]
-    assert len(names) == len(set(names)) == 250
+    assert len(names) == len(set(names)) == 5 * (12 + 6 + 3 + 1 + 5 + 4 + 8 + 12 + 2)  # 5 models in anomalib
     for job in rendered.jobs:
         assert DNS_LABEL.match(job.name)
         assert all(LABEL_VALUE.match(v) for v in job.body["metadata"]["labels"].values())
@@ -350,7 +350,7 @@ def test_pods_config_map_reads_back_as_the_submitters_config(tmp_path: Path) -> 
 # --- CLI -------------------------------------------------------------------------------------------
 
 
-def test_cli_render_and_client_dry_run_for_a_plan_only_experiment(tmp_path: Path) -> None:
+def test_cli_render_and_client_dry_run_without_a_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["render", "--experiment", "supervised", "--out", str(tmp_path / "out"), "--namespace", "ns1"])
     assert result.exit_code == 0, result.output
@@ -359,8 +359,11 @@ def test_cli_render_and_client_dry_run_for_a_plan_only_experiment(tmp_path: Path
     assert all(yaml.safe_load(f.read_text())["metadata"]["namespace"] == "ns1" for f in files)
     result = runner.invoke(app, ["submit", "--experiment", "supervised", "--dry-run=client"])
     assert result.exit_code == 0 and "6 Jobs to create (client dry run)" in result.output
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
     result = runner.invoke(app, ["submit", "--experiment", "supervised"])
-    assert result.exit_code == 2 and "can be rendered but not submitted yet" in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 3 and errors == ["error: no Kubernetes cluster configured: no kubeconfig ($KUBECONFIG or "
+                                                "~/.kube/config), not in a pod"], result.output
     result = runner.invoke(app, ["submit", "--experiment", "input_size", "--dry-run=maybe"])
     assert result.exit_code == 2 and "unknown --dry-run 'maybe'; allowed: client, server" in result.output
 

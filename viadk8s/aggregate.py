@@ -1,27 +1,52 @@
-"""From committed run results to the paper's tables: methods x datasets, metrics joined by '/'.
+"""From committed run results to the paper's tables and plots.
 
 Aggregation follows protocol.md: per category, then the unweighted mean per dataset, then the
-unweighted mean over the datasets of a table ("D"); with several seeds, mean ± std over seeds.
-Values are reported x100 with one decimal; a metric a dataset cannot have (no masks) is "–".
+unweighted mean over the datasets of a table ("D"); with several seeds, mean ± std over seeds
+(of the dataset means). Values are reported x100 with one decimal, metrics joined by "/"; a metric
+a dataset cannot have (no masks) is "–".
+
+An experiment with an axis (input size, contamination, drift, validation strategy) gets the shape
+of the supplement's tables 13–15: rows method × dataset, one column per axis value; and a summary
+(tables 11/12): rows method, the mean "D" per axis value, datasets reported apart (AeBAD) beside it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import pandas as pd
+import matplotlib
 
-from viadk8s import catalog
-from viadk8s.errors import SpecError, one_of
-from viadk8s.results import RunResult
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from viadk8s import catalog  # noqa: E402
+from viadk8s.errors import SpecError, one_of  # noqa: E402
+from viadk8s.results import RunResult  # noqa: E402
+from viadk8s.spec import Variant  # noqa: E402
 
 FORMATS = {"md": "md", "csv": "csv", "latex": "tex"}
 MISSING = "–"
 MEAN_COLUMN = "D"
-#: Spec fields that tell two methods' settings apart when they vary within a sweep.
-SETTING_FIELDS = ("image_size", "weights", "epochs", "variant")
+#: Fields that tell two methods' settings apart when they vary within a sweep (the axis excepted).
+IDENTITY = ("image_size", "weights", "epochs", "contamination", "drift", "validation", "supervised_k", "monitor", "patience",
+            "check_every")
+AXIS_LABELS: dict[str, Callable[[Any], str]] = {
+    "image_size": lambda v: f"Size {v}",
+    "contamination": lambda v: f"{round(100 * float(v))}%",
+    "drift": lambda v: {"none": "No drift", "synthetic": "Drift"}.get(v, str(v)),
+    "validation": str,
+    "supervised_k": lambda v: f"k={v}",
+}
+
+
+def _reported_dataset(dataset: str, category: str) -> str:
+    """A real-drift subset (AeBAD's) is reported as ``<dataset>+dr``, apart from its no-drift part."""
+    entry = catalog.datasets().get(dataset)
+    return f"{dataset}+dr" if entry and category in entry.drift_categories else dataset
 
 
 def runs_frame(results: Sequence[RunResult]) -> pd.DataFrame:
@@ -29,28 +54,26 @@ def runs_frame(results: Sequence[RunResult]) -> pd.DataFrame:
     rows = []
     for r in results:
         s = r.spec
-        setting = {"image_size": s.image_size, "weights": s.weights, "epochs": r.epochs, "variant": s.variant.label()}
-        rows.append({"run_key": r.run_key, "model": s.model, "dataset": s.dataset, "category": s.category,
-                     "seed": s.seed, **setting, **{m: r.metrics.get(m) for m in catalog.METRICS},
-                     "fit_s": r.timings.fit_s, "test_s": r.timings.test_s,
-                     "peak_memory_mb": r.timings.peak_memory_mb})
-    frame = pd.DataFrame(rows)
-    varying = [f for f in SETTING_FIELDS if f in frame and frame[f].nunique() > 1]
-    frame["method"] = frame.apply(lambda row: _method(row, varying), axis=1)
-    return frame
+        rows.append({"run_key": r.run_key, "model": s.model, "dataset": _reported_dataset(s.dataset, s.category),
+                     "category": s.category, "seed": s.seed,
+                     "image_size": s.image_size, "weights": s.weights, "epochs": r.epochs, "variant": s.variant.label(),
+                     **s.variant.model_dump(), **{m: r.metrics.get(m) for m in catalog.METRICS},
+                     "tested_epoch": r.tested_epoch, "fit_s": r.timings.fit_s, "test_s": r.timings.test_s,
+                     "test_images_per_s": r.timings.test_images_per_s, "peak_memory_mb": r.timings.peak_memory_mb})
+    return pd.DataFrame(rows)
 
 
-def _method(row: pd.Series, varying: list[str]) -> str:
-    name = catalog.models()[row["model"]].name
-    extra = [str(row[f]) if f == "variant" else f"{f}={row[f]}" for f in varying if row[f] != ""]
-    return f"{name} ({', '.join(extra)})" if extra else name
+def _with_methods(frame: pd.DataFrame, axis: str | None) -> pd.DataFrame:
+    varying = [f for f in IDENTITY if f != axis and frame[f].nunique() > 1]
+    names = {k: m.name for k, m in catalog.models().items()}
 
+    def label(row: pd.Series) -> str:
+        extra = [f"{f}={row[f]}" for f in varying]
+        return f"{names[row['model']]} ({', '.join(extra)})" if extra else names[row["model"]]
 
-def _method_order(method: str) -> tuple[int, str]:
-    """Catalog order of the model behind a method label, then the label (settings)."""
-    names = [m.name for m in catalog.models().values()]
-    base = method.split(" (", 1)[0]
-    return (names.index(base) if base in names else len(names), method)
+    order = {k: i for i, k in enumerate(catalog.models())}
+    frame = frame.assign(method=frame.apply(label, axis=1), _order=frame["model"].map(order))
+    return frame.sort_values(["_order", "method"], kind="stable")
 
 
 def _cell(values: pd.DataFrame, metrics: Sequence[str]) -> str:
@@ -66,36 +89,11 @@ def _cell(values: pd.DataFrame, metrics: Sequence[str]) -> str:
     return "/".join(parts)
 
 
-def _table(per_seed: pd.DataFrame, column: str, metrics: Sequence[str]) -> pd.DataFrame:
-    cells = per_seed.groupby(["method", column], sort=False).apply(lambda g: _cell(g, metrics), include_groups=False)
-    table = cells.unstack(column).fillna(MISSING)
-    table = table.loc[sorted(table.index, key=_method_order)]
-    table.index.name = "/".join(_abbrev(m) for m in metrics)
+def _pivot(per_seed: pd.DataFrame, rows: list[str], column: str, metrics: Sequence[str], columns: list[Any]) -> pd.DataFrame:
+    cells = per_seed.groupby([*rows, column], sort=False).apply(lambda g: _cell(g, metrics), include_groups=False)
+    table = cells.unstack(column).reindex(columns=columns).fillna(MISSING)
     table.columns.name = None
     return table
-
-
-def tables(results: Sequence[RunResult], metrics: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """The per-dataset (with the mean column D) and the per-category tables."""
-    if not results:
-        raise SpecError("no finished run to aggregate")
-    for metric in metrics:
-        if metric not in catalog.METRICS:
-            raise one_of("metric", metric, catalog.METRICS)
-    frame = runs_frame(results)
-    keys = ["method", "seed"]
-    per_category = frame.groupby([*keys, "dataset", "category"], sort=False)[list(metrics)].mean()
-    per_category = per_category.reset_index()
-    per_category["dataset/category"] = per_category["dataset"] + "/" + per_category["category"]
-    per_dataset = per_category.groupby([*keys, "dataset"], sort=False)[list(metrics)].mean().reset_index()
-    columns = [per_dataset]
-    if per_dataset["dataset"].nunique() > 1:
-        mean = per_dataset.groupby(keys, sort=False)[list(metrics)].mean().reset_index()
-        columns.append(mean.assign(dataset=MEAN_COLUMN))
-    return {
-        "per_dataset": _table(pd.concat(columns), "dataset", metrics),
-        "per_category": _table(per_category, "dataset/category", metrics),
-    }
 
 
 def _abbrev(metric: str) -> str:
@@ -103,9 +101,93 @@ def _abbrev(metric: str) -> str:
     return f"{'im' if level == 'image' else 'pix'}.{name}"
 
 
+def _check(metrics: Sequence[str]) -> None:
+    for metric in metrics:
+        if metric not in catalog.METRICS:
+            raise one_of("metric", metric, catalog.METRICS)
+
+
+def tables(results: Sequence[RunResult], metrics: Sequence[str], axis: str | None = None,
+           summary_metrics: Sequence[str] | None = None, separate: Sequence[str] = ()) -> dict[str, pd.DataFrame]:
+    """The tables of a sweep, shaped by its experiment's axis (``None``: methods x datasets)."""
+    if not results:
+        raise SpecError("no finished run to aggregate")
+    summary_metrics = list(summary_metrics or metrics)
+    _check([*metrics, *summary_metrics])
+    frame = runs_frame(results)
+    if axis is not None and frame[axis].nunique() < 2:
+        axis = None  # a sweep narrowed to one value of its axis reads best as the plain table
+    frame = _with_methods(frame, axis)
+    keys = ["method", *([axis] if axis else []), "seed"]
+    wanted = sorted(set(metrics) | set(summary_metrics), key=catalog.METRICS.index)
+    per_category = frame.groupby([*keys, "dataset", "category"], sort=False)[wanted].mean().reset_index()
+    per_dataset = per_category.groupby([*keys, "dataset"], sort=False)[wanted].mean().reset_index()
+    datasets = list(dict.fromkeys(per_dataset["dataset"]))
+    apart = [d for d in datasets if d.split("+")[0] in separate]
+    averaged = [d for d in datasets if d not in apart]
+    mean = per_dataset[per_dataset["dataset"].isin(averaged)].groupby(keys, sort=False)[wanted].mean().reset_index()
+    with_mean = pd.concat([per_dataset, mean.assign(dataset=MEAN_COLUMN)]) if len(averaged) > 1 else per_dataset
+    index_name = "/".join(_abbrev(m) for m in metrics)
+    if axis is None:
+        per_category["column"] = per_category["dataset"] + "/" + per_category["category"]
+        named = {
+            "per_dataset": _pivot(with_mean, ["method"], "dataset", metrics, list(dict.fromkeys(with_mean["dataset"]))),
+            "per_category": _pivot(per_category, ["method"], "column", metrics, list(dict.fromkeys(per_category["column"]))),
+        }
+    else:
+        values = sorted(frame[axis].unique(), key=lambda v: (str(type(v)), v))
+        label = AXIS_LABELS[axis]
+        for part in (per_dataset, per_category, with_mean):
+            part["column"] = part[axis].map(label)
+        columns = [label(v) for v in values]
+        summary = with_mean[with_mean["dataset"].isin([MEAN_COLUMN, *apart])].copy()
+        summary["column"] = summary["dataset"].map(lambda d: "" if d == MEAN_COLUMN else f"{d} ") + summary["column"]
+        summary_columns = [f"{prefix}{c}" for prefix in ["", *(f"{d} " for d in apart)] for c in columns]
+        named = {
+            "per_dataset": _pivot(per_dataset, ["method", "dataset"], "column", metrics, columns),
+            "summary": _pivot(summary, ["method"], "column", summary_metrics, summary_columns),
+            "per_category": _pivot(per_category, ["method", "dataset", "category"], "column", metrics, columns),
+        }
+        named["summary"].index.name = "/".join(_abbrev(m) for m in summary_metrics)
+    for name, table in named.items():
+        if name != "summary":
+            table.index.names = [index_name, *table.index.names[1:]] if table.index.nlevels > 1 else [index_name]
+    return named
+
+
+def plots(results: Sequence[RunResult], metrics: Sequence[str], axis: str | None, out: Path) -> list[Path]:
+    """Metric vs a numeric axis (input size, contamination), one line per method, mean over datasets."""
+    if axis not in ("image_size", "contamination"):
+        return []
+    frame = _with_methods(runs_frame(results), axis)
+    written = []
+    for metric in metrics:
+        per_dataset = frame.groupby(["method", axis, "dataset", "category"], sort=False)[metric].mean().groupby(
+            ["method", axis, "dataset"], sort=False).mean()
+        curve = per_dataset.groupby(["method", axis], sort=False).mean().dropna()
+        if curve.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
+        for method, points in curve.groupby(level="method", sort=False):
+            xs = points.index.get_level_values(axis).astype(float)
+            ax.plot(xs * (100 if axis == "contamination" else 1), 100 * points.to_numpy(), marker="o", label=method)
+        ax.set_xlabel("input size (px)" if axis == "image_size" else "bad images in train (%)")
+        ax.set_ylabel(_abbrev(metric))
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"{metric}_vs_{axis}.png"
+        tmp = out / f".{path.name}.tmp.png"
+        fig.savefig(tmp)
+        plt.close(fig)
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
 def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "md":
-        return table.to_markdown()
+        return table.reset_index().to_markdown(index=False)
     if fmt == "csv":
         return table.to_csv()
     if fmt == "latex":
@@ -125,3 +207,11 @@ def write(out: Path, results: Sequence[RunResult], named: dict[str, pd.DataFrame
         tmp.replace(out / name)
         written.append(out / name)
     return written
+
+
+def experiment_shape(experiment: str) -> dict[str, Any]:
+    """The axis, summary metrics and separately reported datasets of an experiment's tables."""
+    entry = catalog.experiment(experiment)
+    axis = next(iter(entry.axes), None)
+    return {"axis": axis if axis in (*Variant.model_fields, "image_size") else None,
+            "summary_metrics": entry.summary_metrics or None, "separate": entry.separate}

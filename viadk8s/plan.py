@@ -26,7 +26,7 @@ class Selection:
     datasets: Sequence[str] | None = None
     categories: Sequence[str] | None = None
     seeds: Sequence[int] | None = None
-    image_size: int | None = None
+    image_sizes: Sequence[int] | None = None
     weights: str | None = None
     max_epochs: int | None = None
     batch_size: int | None = None
@@ -75,9 +75,9 @@ def _datasets(exp: catalog.ExperimentEntry, chosen: Sequence[str] | None, datase
 
 
 def _axes(exp: catalog.ExperimentEntry, selection: Selection) -> list[dict[str, Any]]:
-    axes = dict(exp.axes)
-    if selection.image_size is not None:
-        axes["image_size"] = [selection.image_size]
+    axes = {"image_size": [RunSpec.model_fields["image_size"].default], **exp.axes}
+    if selection.image_sizes:
+        axes["image_size"] = list(selection.image_sizes)
     names = list(axes)
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*axes.values())]
 
@@ -101,20 +101,16 @@ def plan(experiment: str, selection: Selection, config: Config) -> Plan:
     sweep_id = selection.sweep or default_sweep_id(experiment)
     runs = []
     try:
-        for point in _axes(exp, selection):
-            top = {k: v for k, v in point.items() if k in RunSpec.model_fields}
-            variant = Variant(**{k: v for k, v in point.items() if k not in top})
-            if selection.image_size is None and "image_size" not in top:
-                top["image_size"] = RunSpec.model_fields["image_size"].default
-            for model, dataset, seed in itertools.product(models, datasets, seeds):
-                for category in per_dataset[dataset]:
-                    runs.append(
-                        RunSpec(
-                            sweep=sweep_id, experiment=experiment, model=model, dataset=dataset,
-                            category=category, seed=seed, weights=selection.weights or "imagenet",
-                            trainer=trainer, variant=variant, **top,
-                        )
-                    )
+        for point, model, dataset, seed in itertools.product(_axes(exp, selection), models, datasets, seeds):
+            for category in per_dataset[dataset]:
+                fields = {**point, "model": model, "dataset": dataset, "category": category, "seed": seed}
+                for rule in exp.rules:  # the paper's exceptions, e.g. PatchCore on a 25 % subset at 512 px
+                    if rule.matches(fields):
+                        fields.update(rule.set)
+                top = {k: v for k, v in fields.items() if k in RunSpec.model_fields}
+                variant = Variant(**{k: v for k, v in fields.items() if k not in RunSpec.model_fields})
+                runs.append(RunSpec(sweep=sweep_id, experiment=experiment, weights=selection.weights or "imagenet",
+                                    trainer=trainer, variant=variant, **top))
     except ValidationError as err:
         raise SpecError(f"invalid selection: {validation_message(err)}") from None
     if not runs:

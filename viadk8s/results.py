@@ -44,6 +44,7 @@ class RunResult(BaseModel):
     epochs: int  # planned (the protocol's, capped by max_epochs)
     epochs_run: int | None = None
     tested_epoch: int | None = None  # early stop: the best epoch on validation
+    validation_history: list[dict[str, float]] = []  # early stop: the monitored metric per validation
     device: str
     versions: dict[str, str]
     notes: list[str] = []

@@ -96,10 +96,13 @@ class RunSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _model_accepts_size(self) -> RunSpec:
-        smallest = catalog.models()[self.model].min_image_size
-        if self.image_size < smallest:
-            raise ValueError(f"model {self.model} needs image size >= {smallest}, got {self.image_size}")
+    def _model_fits_run(self) -> RunSpec:
+        model = catalog.models()[self.model]
+        if self.image_size < model.min_image_size:
+            raise ValueError(f"model {self.model} needs image size >= {model.min_image_size}, got {self.image_size}")
+        if self.variant.supervised_k and model.supervised_args is None:
+            allowed = ", ".join(k for k, m in catalog.models().items() if m.supervised_args is not None)
+            raise ValueError(f"model {self.model!r} has no supervised mode; allowed for supervised runs: {allowed}")
         return self
 
     @property

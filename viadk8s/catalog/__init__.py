@@ -63,10 +63,22 @@ class DatasetEntry(_Entry):
     categories: list[str] = []
     synthetic: SyntheticOptions | None = None
     path: str | None = None
+    drift_categories: list[str] = []  # real-drift subsets, reported as "<key>+dr" apart from the rest
 
     @property
     def has_masks(self) -> bool:
         return self.masks == "pixel"
+
+
+class Rule(BaseModel):
+    """Spec fields set on the runs that match ``when`` (a value or a list of allowed values)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    when: dict[str, Any]
+    set: dict[str, Any]
+
+    def matches(self, fields: dict[str, Any]) -> bool:
+        return all(fields.get(k) in (v if isinstance(v, list) else [v]) for k, v in self.when.items())
 
 
 class ExperimentEntry(BaseModel):
@@ -78,7 +90,9 @@ class ExperimentEntry(BaseModel):
     seeds: list[int]
     axes: dict[str, list[Any]] = {}
     metrics: list[str]
-    runnable: bool
+    summary_metrics: list[str] = []
+    separate: list[str] = []
+    rules: list[Rule] = []
 
 
 def _load(file: str, entry: type[BaseModel]) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 from kubernetes import client
 
-from viadk8s import catalog
 from viadk8s.config import Config
 from viadk8s.errors import InfraError, SpecError
 from viadk8s.k8s.client import Cluster, resolve_namespace
@@ -56,14 +55,6 @@ class SubmitReport:
     notes: list[str] = field(default_factory=list)
 
 
-def refuse_unrunnable(experiment: str) -> None:
-    """Only experiments whose worker side exists become Jobs; the others render and dry-run."""
-    if not catalog.experiment(experiment).runnable:
-        runnable = ", ".join(k for k, e in catalog.experiments().items() if e.runnable)
-        raise SpecError(f"experiment {experiment!r} can be rendered but not submitted yet: its data-side variants are "
-                        f"not implemented (use --dry-run); runnable: {runnable}")
-
-
 def _apply_config_map(cluster: Cluster, rendered: RenderedSweep, dry_run: str | None) -> None:
     """Create the sweep's ConfigMap, or update it so a resubmission carries the current config."""
     manifest = rendered.config_map
@@ -86,8 +77,6 @@ def submit(planned: Plan, config: Config, cluster: Cluster | None, dry_run: DryR
     admits, nothing is stored. Only a real submission writes the sweep manifest to the store.
     """
     sweep = planned.sweep
-    if dry_run is None:
-        refuse_unrunnable(sweep.experiment)
     if (cluster is None) != (dry_run == "client"):
         raise ValueError("a cluster is needed unless dry_run='client'")
     namespace = cluster.namespace if cluster else resolve_namespace(config.cluster)

@@ -98,7 +98,8 @@ def quirks_fixed(entry: ModelEntry, pretrained: bool) -> Iterator[None]:
 
             stack.enter_context(_patched(csflow, "efficientnet_b5", _random_efficientnet_b5))
         if cls is anomalib_models.Supersimplenet:
-            from anomalib.models.image.supersimplenet import anomaly_generator, torch_model as ssn
+            from anomalib.models.image.supersimplenet import anomaly_generator
+            from anomalib.models.image.supersimplenet import torch_model as ssn
 
             stack.enter_context(_patched(anomaly_generator, "generate_perlin_noise", _capped_perlin(anomaly_generator.generate_perlin_noise)))
             if not pretrained:

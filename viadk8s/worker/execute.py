@@ -59,6 +59,7 @@ def _result(spec: RunSpec, prepared: Prepared, pixel: bool, outcome: Outcome, de
     peak, kind = _peak_memory(device)
     return RunResult(
         run_key=spec.run_key, spec=spec, epochs=spec.epochs, epochs_run=outcome.epochs_run, tested_epoch=outcome.tested_epoch,
+        validation_history=outcome.validation,
         metrics={m: (outcome.metrics.get(m) if pixel or m.startswith("image_") else None) for m in METRICS},
         device=torch.cuda.get_device_name() if device == "gpu" else f"cpu ({os.cpu_count()} cores)",
         timings=Timings(fit_s=round(outcome.fit_s, 3), test_s=round(outcome.test_s, 3), memory_kind=kind,
@@ -82,7 +83,7 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="viadk8s-run-") as tmp:
         work = Path(tmp)
-        prepared = prepare(spec, entry, samples, work)
+        prepared = prepare(spec, samples, work)
         pixel = masks_known and has_pixel_masks(prepared.split("test"))
         monitor = spec.variant.monitor if spec.variant.validation != "last_epoch" else None
         seed_everything(spec.seed, workers=True, verbose=False)

@@ -43,6 +43,19 @@ class ScoreCollector(Callback):
         return pd.DataFrame(self.rows, columns=["image_path", "label", "score"])
 
 
+class ValidationHistory(Callback):
+    """The monitored metric after each validation, to show which epoch early stopping chose."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.points: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and not trainer.sanity_checking:
+            self.points.append({"epoch": trainer.current_epoch + 1, self.monitor: round(float(value), 6)})
+
+
 class SamplesDataModule(AnomalibDataModule):
     """Exactly the train, validation and test samples the worker chose (no splitting of its own)."""
 
@@ -62,11 +75,16 @@ class SamplesDataModule(AnomalibDataModule):
         return self._name
 
     def _dataset(self, split: str) -> TabularDataset:
-        rows = [{"image_path": s.image_path, "mask_path": s.mask_path or "",
-                 # train images are fed as good unless the run is supervised: contamination is noise
-                 "label_index": s.label if split != "train" or self.labelled_train else 0,
-                 "split": "train" if split == "train" else "test"}
-                for s in self.run_samples if s.split == split]
+        rows = []
+        for s in self.run_samples:
+            if s.split != split:
+                continue
+            # train images are fed as good unless the run is supervised: contamination is noise
+            label = s.label if split != "train" or self.labelled_train else 0
+            # the subset is what a dataset serves; its "split" column is only checked by anomalib, which
+            # refuses labelled anomalies in a split named train, so supervised anomalies are not named so
+            rows.append({"image_path": s.image_path, "mask_path": s.mask_path or "", "label_index": label,
+                         "split": "train" if split == "train" and label == 0 else "test"})
         return TabularDataset(name=self._name, samples=pd.DataFrame(rows))
 
     def _setup(self, _stage: str | None = None) -> None:
@@ -84,6 +102,7 @@ class Outcome:
     test_s: float
     epochs_run: int
     tested_epoch: int  # the epoch whose weights were tested (early stop: the best on validation)
+    validation: list[dict[str, float]]
 
 
 def accelerator() -> str:
@@ -97,10 +116,11 @@ def train_and_test(spec: RunSpec, model: AnomalibModule, data: SamplesDataModule
     collector = ScoreCollector()
     variant = spec.variant
     early = variant.validation != "last_epoch"
+    history = ValidationHistory(variant.monitor)
     callbacks: list[Callback] = [collector]
     if early:
         best = ModelCheckpoint(dirpath=work / "checkpoints", filename="best", monitor=variant.monitor, mode="max", save_top_k=1)
-        callbacks += [best, EarlyStopping(monitor=variant.monitor, mode="max", patience=variant.patience)]
+        callbacks += [history, best, EarlyStopping(monitor=variant.monitor, mode="max", patience=variant.patience)]
         settings: dict[str, Any] = {"check_val_every_n_epoch": variant.check_every, "num_sanity_val_steps": 0,
                                     "enable_progress_bar": False, "enable_model_summary": False}
     else:
@@ -119,4 +139,5 @@ def train_and_test(spec: RunSpec, model: AnomalibModule, data: SamplesDataModule
     start = time.perf_counter()
     tested = engine.test(model, datamodule=data, ckpt_path=checkpoint, verbose=False)
     test_s = time.perf_counter() - start
-    return Outcome({k: float(v) for k, v in tested[0].items()}, collector.frame(), fit_s, test_s, epochs_run, tested_epoch)
+    return Outcome({k: float(v) for k, v in tested[0].items()}, collector.frame(), fit_s, test_s, epochs_run, tested_epoch,
+                   history.points)

@@ -11,11 +11,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from viadk8s.catalog import ModelEntry
 from viadk8s.data import splits
 from viadk8s.data.drift import write_drifted_test_set
 from viadk8s.data.layout import Sample
-from viadk8s.errors import SpecError
 from viadk8s.spec import RunSpec
 
 SYNTHETIC_VAL_FRACTION = 0.2
@@ -32,14 +30,12 @@ class Prepared:
         return [s for s in self.samples if s.split == name]
 
 
-def prepare(spec: RunSpec, entry: ModelEntry, samples: list[Sample], work: Path) -> Prepared:
+def prepare(spec: RunSpec, samples: list[Sample], work: Path) -> Prepared:
     """Train/val/test samples for one run; a bad combination is a SpecError."""
     variant, seed = spec.variant, spec.seed
     record: dict[str, Any] = {}
     files: list[Path] = []
-    if variant.supervised_k:
-        if entry.supervised_args is None:
-            raise SpecError(f"model {spec.model!r} has no supervised mode; supervised runs need one of: supersimplenet")
+    if variant.supervised_k:  # the spec has checked that the model has a supervised mode
         samples = splits.supervised(samples, variant.supervised_k, seed)
         record["labelled_bad_in_train"] = sorted(s.image_path for s in samples if s.split == "train" and s.label == 1)
     else:  # one-class: a dataset's labelled bad train images (VAD) are not used

@@ -1,0 +1,126 @@
+"""Dataset and tracking housekeeping: mirror, list, verify and convert datasets, preview drift,
+replay pending MLflow runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from viadk8s.cli.common import ConfigPath, Store, SweepId, app, console, friendly
+from viadk8s.errors import SpecError
+
+datasets_app = typer.Typer(no_args_is_help=True, help="Mirror datasets into the store, list, verify and convert them.")
+drift_app = typer.Typer(no_args_is_help=True, help="The synthetic data drift of the data_drift experiment.")
+mlflow_app = typer.Typer(no_args_is_help=True, help="MLflow housekeeping.")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(drift_app, name="drift")
+app.add_typer(mlflow_app, name="mlflow")
+
+
+@datasets_app.command("upload")
+@friendly
+def datasets_upload(
+    name: Annotated[str, typer.Argument(help="dataset key, e.g. btad or your own name")],
+    source: Annotated[Path, typer.Option("--from", help="MVTec-layout folder: one sub-folder per category")],
+    store: Store = None, config: ConfigPath = None,
+    compress: Annotated[bool, typer.Option(help="gzip the archives (smaller, slower to stage)")] = False,
+) -> None:
+    """Mirror a dataset once: one archive per category, then a manifest with sha256 and sizes."""
+    from viadk8s.config import load_config
+    from viadk8s.data.mirror import upload_dataset
+    from viadk8s.spec import SWEEP_ID
+
+    if not SWEEP_ID.match(name):
+        raise SpecError(f"dataset name {name!r} not allowed; allowed: 1-40 lowercase letters, digits or '-'")
+    target = load_config(config, store=store).open_store()
+    manifest = upload_dataset(target, name, source, compress)
+    console.print(f"{name}: {len(manifest.categories)} categories, {manifest.total_bytes / 2**20:.1f} MB, masks {manifest.masks}, "
+                  f"in {target.uri}/datasets/{name}", highlight=False)
+
+
+@datasets_app.command("list")
+@friendly
+def datasets_list(store: Store = None, config: ConfigPath = None) -> None:
+    """Every dataset viadk8s knows, where it comes from, and whether the store mirrors it."""
+    from viadk8s.config import load_config
+    from viadk8s.data.mirror import read_manifest
+
+    cfg = load_config(config, store=store)
+    target = cfg.open_store()
+    mirrored = {k.split("/")[1] for k in target.list("datasets/") if k.endswith("/manifest.json")}
+    table = Table(title=f"datasets (store {target.uri})")
+    for column in ("key", "source", "categories", "mirrored", "size MB"):
+        table.add_column(column)
+    for key in sorted({*cfg.dataset_keys(), *mirrored}):
+        manifest = read_manifest(target, key) if key in mirrored else None
+        entry = cfg.dataset(key) if key in cfg.dataset_keys() else None
+        source = "generated" if entry and entry.synthetic else (entry.path if entry and entry.path else "catalog" if entry else "store")
+        count = len(manifest.categories) if manifest else len(entry.categories) if entry else 0
+        size = f"{manifest.total_bytes / 2**20:.1f}" if manifest else ""
+        table.add_row(key, str(source), str(count), "yes" if manifest else "no", size)
+    console.print(table)
+
+
+@datasets_app.command("verify")
+@friendly
+def datasets_verify(name: str, store: Store = None, config: ConfigPath = None) -> None:
+    """Download a mirrored dataset's archives and check them against its manifest."""
+    from viadk8s.config import load_config
+    from viadk8s.data.mirror import verify_dataset
+
+    problems = verify_dataset(load_config(config, store=store).open_store(), name)
+    if problems:
+        raise SpecError(f"dataset {name!r} failed verification: " + "; ".join(problems))
+    console.print(f"{name}: every archive matches its manifest", highlight=False)
+
+@datasets_app.command("convert")
+@friendly
+def datasets_convert(
+    kind: Annotated[str, typer.Argument(help="realiad, sensum_sodf, viaduct, aebad or mvtec_loco")],
+    source: Annotated[Path, typer.Argument(help="the dataset as its publisher ships it")],
+    target: Annotated[Path, typer.Argument(help="where the MVTec-layout categories are written")],
+) -> None:
+    """Convert a paper dataset to the MVTec layout, as protocol.md prescribes."""
+    from viadk8s.data.convert import convert
+
+    written = convert(kind, source, target)
+    console.print(f"{kind}: wrote {len(written)} categories to {target}: {', '.join(written)}", highlight=False)
+
+
+@drift_app.command("preview")
+@friendly
+def drift_preview(
+    dataset: Annotated[str, typer.Option(help="dataset key")],
+    category: Annotated[str, typer.Option(help="category of the dataset")],
+    out: Annotated[Path, typer.Option(help="the PNG to write")],
+    n: Annotated[int, typer.Option("-n", min=1, max=64, help="test images to show")] = 8,
+    seed: Annotated[int, typer.Option(help="drift seed (a run uses its own seed)")] = 3341,
+    store: Store = None, config: ConfigPath = None,
+) -> None:
+    """Originals beside drifted versions (the paper's Fig. 5)."""
+    from viadk8s.config import load_config
+    from viadk8s.data.drift import preview_grid
+    from viadk8s.data.layout import scan_category
+    from viadk8s.data.resolve import Datasets
+
+    samples = scan_category(Datasets(load_config(config, store=store)).resolve(dataset, category))
+    console.print(f"wrote {preview_grid(samples, seed, n, out)}", highlight=False)
+
+
+@mlflow_app.command("sync")
+@friendly
+def mlflow_sync(sweep: SweepId = None, store: Store = None, config: ConfigPath = None) -> None:
+    """Log to MLflow the finished runs whose tracking is still pending (MLflow was down)."""
+    from viadk8s.config import load_config
+    from viadk8s.tracking import sync_pending
+
+    cfg = load_config(config, store=store)
+    if not cfg.tracking_uri:
+        raise SpecError("no MLflow tracking URI: set MLFLOW_TRACKING_URI or mlflow.tracking_uri in viadk8s.yaml")
+    synced, pending = sync_pending(cfg.open_store(), cfg.tracking_uri, sweep)
+    console.print(f"{synced} runs synced to {cfg.tracking_uri}, {pending} still pending", highlight=False)
+    if pending:
+        raise typer.Exit(3)

@@ -1,0 +1,193 @@
+"""Plan, run and aggregate experiments on this machine (the library's plan, backends.local, aggregate)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from viadk8s import catalog
+from viadk8s.cli.common import (
+    BatchSize,
+    Categories,
+    ConfigPath,
+    Datasets,
+    Epochs,
+    Experiment,
+    ImageSize,
+    Models,
+    Seeds,
+    Store,
+    SweepId,
+    Weights,
+    app,
+    console,
+    err_console,
+    friendly,
+    plan_from_flags,
+    split_list,
+)
+from viadk8s.errors import SpecError, one_of
+
+if TYPE_CHECKING:
+    from viadk8s.config import Config
+
+
+@app.command("plan")
+@friendly
+def plan_command(
+    experiment: Experiment, models: Models = None, datasets: Datasets = None, categories: Categories = None,
+    seeds: Seeds = None, image_size: ImageSize = None, weights: Weights = None, epochs: Epochs = None,
+    batch_size: BatchSize = None, sweep: SweepId = None, config: ConfigPath = None,
+    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """Expand an experiment into its runs (nothing is executed or written)."""
+    from viadk8s.config import load_config
+
+    result = plan_from_flags(experiment, load_config(config), models=models, datasets=datasets, categories=categories,
+                   seeds=seeds, image_size=image_size, weights=weights, epochs=epochs, batch_size=batch_size, sweep=sweep)
+    if format == "json":
+        sys.stdout.write(result.sweep.model_dump_json(indent=2) + "\n")
+        return
+    if format != "table":
+        raise one_of("format", format, ["table", "json"])
+    table = Table(title=f"{experiment}: {len(result.sweep.runs)} runs, sweep {result.sweep.sweep_id}")
+    for column in ("run_key", "model", "dataset", "category", "seed", "size", "variant", "available"):
+        table.add_column(column)
+    for r in result.sweep.runs:
+        available = "yes" if catalog.models()[r.model].available else "not yet"
+        table.add_row(r.run_key, r.model, r.dataset, r.category, str(r.seed), str(r.image_size), r.variant.label(), available)
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}")
+
+
+@app.command()
+@friendly
+def run(
+    experiment: Experiment, models: Models = None, datasets: Datasets = None, categories: Categories = None,
+    seeds: Seeds = None, image_size: ImageSize = None, weights: Weights = None, epochs: Epochs = None,
+    batch_size: BatchSize = None, sweep: SweepId = None, store: Store = None, config: ConfigPath = None,
+    jobs: Annotated[int, typer.Option(min=1, help="runs at a time")] = 1,
+) -> None:
+    """Run an experiment on this machine; finished runs are skipped (run again to resume)."""
+    from viadk8s.backends.local import run_plan
+    from viadk8s.config import load_config
+
+    cfg = load_config(config, store=store)
+    planned = plan_from_flags(experiment, cfg, models=models, datasets=datasets, categories=categories, seeds=seeds,
+                    image_size=image_size, weights=weights, epochs=epochs, batch_size=batch_size, sweep=sweep)
+    for note in planned.notes:
+        console.print(f"note: {note}")
+    outcome = run_plan(planned, cfg, config, jobs, console)
+    console.print(f"{len(outcome.done)} done, {len(outcome.skipped)} skipped (already finished), {len(outcome.failed)} failed")
+    _print_summary(cfg, planned.sweep.sweep_id, experiment)
+    for failure in outcome.failed:
+        console.print(f"[red]failed[/red] {escape(f'{failure.spec.run_name} [{failure.spec.run_key}] exit {failure.exit_code}: {failure.reason}')}",
+                      highlight=False)
+        console.print(f"       log: {failure.log}", highlight=False)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+def _print_summary(config: Config, sweep_id: str, experiment: str) -> None:
+    from viadk8s.aggregate import experiment_shape, render, tables
+    from viadk8s.results import load_results
+
+    results = load_results(config.open_store(), sweep_id=sweep_id)
+    if results:
+        named = tables(results, catalog.experiment(experiment).metrics, **experiment_shape(experiment))
+        console.print(render(named["per_dataset"], "md"), highlight=False, markup=False)
+
+
+@app.command()
+@friendly
+def worker(
+    spec: Annotated[str, typer.Option("--spec", help="a run spec JSON file, or - for standard input")],
+    store: Store = None, config: ConfigPath = None,
+) -> None:
+    """Execute one run exactly as a Kubernetes pod does. Exit 0 done, 2 invalid input, 3 infrastructure."""
+    from viadk8s.worker import main
+
+    text = sys.stdin.read() if spec == "-" else _read(spec)
+    raise typer.Exit(main(text, config_path=config, store=store))
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise SpecError(f"cannot read spec file {path!r}: {err.strerror}") from None
+
+
+@app.command()
+@friendly
+def aggregate(
+    sweep: SweepId = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", "-e", help="all sweeps of an experiment")] = None,
+    store: Store = None, config: ConfigPath = None,
+    format: Annotated[str, typer.Option("--format", help="md, csv or latex")] = "md",
+    out: Annotated[Path | None, typer.Option(help="write the tables, plots and runs.csv into this folder")] = None,
+    metrics: Annotated[str | None, typer.Option(help="comma-separated metrics (default: the experiment's)")] = None,
+    compare: Annotated[Path | None, typer.Option(help="a baseline runs.csv: exit 1 on a regression")] = None,
+    tolerance: Annotated[float, typer.Option(help="with --compare: points (x100) a metric may drop")] = 1.0,
+) -> None:
+    """The paper's tables of a sweep: per dataset (with the mean D), summary and per category."""
+    from viadk8s import aggregate as agg
+    from viadk8s.compare import check
+    from viadk8s.config import load_config
+    from viadk8s.results import load_results
+
+    if (sweep is None) == (experiment is None):
+        raise SpecError("give exactly one of --sweep ID or --experiment NAME")
+    if format not in agg.FORMATS:
+        raise one_of("format", format, list(agg.FORMATS))
+    if experiment:
+        catalog.experiment(experiment)
+    results = load_results(load_config(config, store=store).open_store(), sweep_id=sweep, experiment=experiment)
+    if not results:
+        raise SpecError(f"no finished run in {'sweep ' + repr(sweep) if sweep else 'experiment ' + repr(experiment)}")
+    name = experiment or results[0].spec.experiment
+    chosen = split_list(metrics) or catalog.experiment(name).metrics
+    shape = agg.experiment_shape(name)
+    named = agg.tables(results, chosen, **shape)
+    for title, table in named.items():
+        sys.stdout.write(f"\n{title} ({len(results)} runs)\n\n{agg.render(table, format)}\n")
+    if out:
+        written = agg.write(out, results, named, format) + agg.plots(results, chosen, shape["axis"], out)
+        for path in written:
+            err_console.print(f"wrote {path}", highlight=False)
+    if compare:
+        regressions = check(compare, results, chosen, tolerance)
+        for regression in regressions:
+            err_console.print(f"regression: {regression}", highlight=False, markup=False)
+        if regressions:
+            raise typer.Exit(1)
+
+
+@app.command("catalog")
+def catalog_command() -> None:
+    """The models, datasets and experiments viadk8s knows, and which can run now."""
+    table = Table(title="models")
+    for column in ("key", "name", "group", "epochs", "available", "note"):
+        table.add_column(column)
+    for key, m in catalog.models().items():
+        table.add_row(key, m.name, m.group, str(m.epochs), "yes" if m.available else "not yet", m.note)
+    console.print(table)
+    table = Table(title="datasets")
+    for column in ("key", "name", "masks", "categories"):
+        table.add_column(column)
+    for key, d in catalog.datasets().items():
+        table.add_row(key, d.name, d.masks, ", ".join(d.categories))
+    console.print(table)
+    table = Table(title="experiments")
+    for column in ("key", "title", "axes", "datasets"):
+        table.add_column(column)
+    for key, e in catalog.experiments().items():
+        table.add_row(key, e.title, json.dumps(e.axes), ", ".join(e.datasets))
+    console.print(table)
