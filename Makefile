@@ -32,6 +32,7 @@ test: install tools
 
 lint: install tools
 	$(BIN)/ruff check viadk8s tests benchmarks
+	$(BIN)/ruff format --check viadk8s tests benchmarks
 	$(TOOLS)/bin/helm lint --strict charts/viadk8s
 	$(BIN)/hadolint Dockerfile
 

@@ -70,8 +70,9 @@ def main() -> None:
     options = SyntheticOptions(categories=["tiles"])
     root = ensure_category(options, "tiles", work / "cache")
     config = work / "viadk8s.yaml"
-    config.write_text(f"store: {work / 'store'}\ncache_dir: {work / 'cache'}\n"
-                      f"datasets: {{bench: {{synthetic: {options.model_dump_json()}}}}}\n")
+    config.write_text(
+        f"store: {work / 'store'}\ncache_dir: {work / 'cache'}\ndatasets: {{bench: {{synthetic: {options.model_dump_json()}}}}}\n"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
     print(f"{'model':<12} {'path':<8} {'wall s':>8} {'peak RSS MB':>12}")
@@ -79,17 +80,44 @@ def main() -> None:
         entry = catalog.model(model)
         rows: dict[str, list[tuple[float, float]]] = {"bare": [], "viadk8s": []}
         for repeat in range(args.repeats):
-            spec = {"sweep": f"bench-{repeat}", "experiment": "evaluation", "model": model, "dataset": "bench",
-                    "category": "tiles", "seed": 3341, "image_size": args.size, "weights": "random"}
-            rows["viadk8s"].append(run_child([sys.executable, "-m", "viadk8s", "worker", "--spec", "-", "--config", str(config)],
-                                             json.dumps(spec), env))
-            rows["bare"].append(run_child([sys.executable, "-c", BARE, str(root), str(entry.anomalib_class), str(args.size),
-                                           repr(entry.init_args), str(work / "bare")], None, env))
+            spec = {
+                "sweep": f"bench-{repeat}",
+                "experiment": "evaluation",
+                "model": model,
+                "dataset": "bench",
+                "category": "tiles",
+                "seed": 3341,
+                "image_size": args.size,
+                "weights": "random",
+            }
+            rows["viadk8s"].append(
+                run_child(
+                    [sys.executable, "-m", "viadk8s", "worker", "--spec", "-", "--config", str(config)], json.dumps(spec), env
+                )
+            )
+            rows["bare"].append(
+                run_child(
+                    [
+                        sys.executable,
+                        "-c",
+                        BARE,
+                        str(root),
+                        str(entry.anomalib_class),
+                        str(args.size),
+                        repr(entry.init_args),
+                        str(work / "bare"),
+                    ],
+                    None,
+                    env,
+                )
+            )
         best = {path: (min(w for w, _ in r), max(m for _, m in r)) for path, r in rows.items()}
         for path, (wall, rss) in best.items():
             print(f"{model:<12} {path:<8} {wall:>8.1f} {rss:>12.0f}")
-        print(f"{model:<12} ratio    wall {best['viadk8s'][0] / best['bare'][0]:.2f} (target <= 1.10), "
-              f"RSS {best['viadk8s'][1] / best['bare'][1]:.2f} (PatchCore target <= 1.00)")
+        print(
+            f"{model:<12} ratio    wall {best['viadk8s'][0] / best['bare'][0]:.2f} (target <= 1.10), "
+            f"RSS {best['viadk8s'][1] / best['bare'][1]:.2f} (PatchCore target <= 1.00)"
+        )
 
 
 if __name__ == "__main__":

@@ -78,13 +78,29 @@ def fake_results(store: Store, count: int) -> None:
     models, datasets = ["patchcore", "padim", "fastflow", "reverse_distillation"], ["visa", "mpdd", "btad", "realiad"]
 
     def one(i: int) -> None:
-        spec = RunSpec(sweep="bench", experiment="evaluation", model=models[i % 4], dataset=datasets[(i // 4) % 4],
-                       category=f"c{(i // 16) % 25}", seed=i // 400)
-        metrics = {m: float(rng.uniform(0.5, 1.0)) for m in ("image_AUROC", "image_F1Max", "pixel_AUROC", "pixel_AUPRO",
-                                                               "pixel_F1Max", "image_PG2", "image_PB2")}
-        result = RunResult(run_key=spec.run_key, spec=spec, metrics=metrics, epochs=1, device="cpu", versions={},
-                           timings=Timings(fit_s=1, test_s=1, test_images_per_s=1, peak_memory_mb=1, memory_kind="cpu_rss"),
-                           data=DataSummary(n_train=1, n_test_good=1, n_test_bad=1, pixel_masks=True), finished_at="now")
+        spec = RunSpec(
+            sweep="bench",
+            experiment="evaluation",
+            model=models[i % 4],
+            dataset=datasets[(i // 4) % 4],
+            category=f"c{(i // 16) % 25}",
+            seed=i // 400,
+        )
+        metrics = {
+            m: float(rng.uniform(0.5, 1.0))
+            for m in ("image_AUROC", "image_F1Max", "pixel_AUROC", "pixel_AUPRO", "pixel_F1Max", "image_PG2", "image_PB2")
+        }
+        result = RunResult(
+            run_key=spec.run_key,
+            spec=spec,
+            metrics=metrics,
+            epochs=1,
+            device="cpu",
+            versions={},
+            timings=Timings(fit_s=1, test_s=1, test_images_per_s=1, peak_memory_mb=1, memory_kind="cpu_rss"),
+            data=DataSummary(n_train=1, n_test_good=1, n_test_bad=1, pixel_masks=True),
+            finished_at="now",
+        )
         store.write_bytes(f"{run_prefix(spec)}/{RESULT}", result.model_dump_json().encode())
 
     with ThreadPoolExecutor(32) as pool:
@@ -118,20 +134,29 @@ def main() -> None:
         for _ in range(args.repeats):
             cache = work / "cache"
             shutil.rmtree(cache, ignore_errors=True)
-            out = subprocess.run([sys.executable, "-c", WARM, store_uri, str(cache)], check=True, capture_output=True, text=True, env=env)
+            out = subprocess.run(
+                [sys.executable, "-c", WARM, store_uri, str(cache)], check=True, capture_output=True, text=True, env=env
+            )
             ours.append(float(out.stdout.split()[0]))
             target = work / "s5"
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir()
             start = time.perf_counter()
-            subprocess.run([s5cmd, "--endpoint-url", server.endpoint, "cp", f"s3://{BUCKET}/bench/{archive.key}", str(target / "a.tar")],
-                           check=True, capture_output=True, env=env)
+            subprocess.run(
+                [s5cmd, "--endpoint-url", server.endpoint, "cp", f"s3://{BUCKET}/bench/{archive.key}", str(target / "a.tar")],
+                check=True,
+                capture_output=True,
+                env=env,
+            )
             subprocess.run(["tar", "xf", str(target / "a.tar"), "-C", str(target)], check=True)
             baseline.append(time.perf_counter() - start)
-        print(f"cold staging: viadk8s {min(ours):.2f} s (download + sha256 + extract), s5cmd+tar {min(baseline):.2f} s, "
-              f"ratio {min(ours) / min(baseline):.2f} (target <= 1.2)")
-        warm = subprocess.run([sys.executable, "-c", WARM, store_uri, str(work / "cache")], check=True, capture_output=True, text=True,
-                              env=env).stdout.split()
+        print(
+            f"cold staging: viadk8s {min(ours):.2f} s (download + sha256 + extract), s5cmd+tar {min(baseline):.2f} s, "
+            f"ratio {min(ours) / min(baseline):.2f} (target <= 1.2)"
+        )
+        warm = subprocess.run(
+            [sys.executable, "-c", WARM, store_uri, str(work / "cache")], check=True, capture_output=True, text=True, env=env
+        ).stdout.split()
         print(f"warm cache hit: {float(warm[0]):.3f} s, downloaded={warm[1]} (target < 0.2 s)")
         assert read_manifest(store, "bench") is not None
         local = FileStore(work / "results")

@@ -39,8 +39,14 @@ def cli(tmp_path: Path) -> Cli:
 
     def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "viadk8s", *args], input=stdin, capture_output=True, text=True,
-            cwd=tmp_path, env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=900, check=False,
+            [sys.executable, "-m", "viadk8s", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "COLUMNS": "200", **(env or {})},
+            timeout=900,
+            check=False,
         )
 
     return run

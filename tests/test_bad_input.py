@@ -41,7 +41,11 @@ def test_run_rejects_bad_selection(cli, tmp_path: Path, args: tuple[str, ...], m
     [
         ("{oops", "", "invalid run spec"),
         (json.dumps({**SPEC, "model": "nope"}), "", "model: unknown model 'nope'"),
-        (json.dumps({**SPEC, "model": "simplenet", "dataset": "synthetic", "category": "tiles"}), "", "model 'simplenet' (SimpleNet) is not available yet"),
+        (
+            json.dumps({**SPEC, "model": "simplenet", "dataset": "synthetic", "category": "tiles"}),
+            "",
+            "model 'simplenet' (SimpleNet) is not available yet",
+        ),
         (json.dumps(SPEC), "datasets: {mine: {path: /no/such/dir}}\n", "dataset folder '/no/such/dir' does not exist"),
         (json.dumps({**SPEC, "category": "empty"}), "datasets: {mine: {path: DATA}}\n", "has no images in train/good"),
         (json.dumps(SPEC), "datasets: {mine: {path: DATA}\n", "is not valid YAML"),
@@ -57,9 +61,21 @@ def test_worker_rejects_bad_spec_or_data(cli, tmp_path: Path, spec: str, config:
 
 
 def test_worker_spec_file_missing(cli, tmp_path: Path) -> None:  # noqa: ANN001
-    assert_clean_failure(cli("worker", "--spec", "nope.json", "--store", str(tmp_path / "store")), "cannot read spec file 'nope.json'", tmp_path / "store")
+    assert_clean_failure(
+        cli("worker", "--spec", "nope.json", "--store", str(tmp_path / "store")),
+        "cannot read spec file 'nope.json'",
+        tmp_path / "store",
+    )
 
 
 def test_aggregate_without_results(cli, tmp_path: Path) -> None:  # noqa: ANN001
-    assert_clean_failure(cli("aggregate", "--sweep", "nothing", "--store", str(tmp_path / "store")), "no finished run in sweep 'nothing'", tmp_path / "store")
-    assert_clean_failure(cli("aggregate", "--store", str(tmp_path / "store")), "give exactly one of --sweep ID or --experiment NAME", tmp_path / "store")
+    assert_clean_failure(
+        cli("aggregate", "--sweep", "nothing", "--store", str(tmp_path / "store")),
+        "no finished run in sweep 'nothing'",
+        tmp_path / "store",
+    )
+    assert_clean_failure(
+        cli("aggregate", "--store", str(tmp_path / "store")),
+        "give exactly one of --sweep ID or --experiment NAME",
+        tmp_path / "store",
+    )

@@ -90,4 +90,6 @@ def test_plan_cli_json(cli) -> None:  # noqa: ANN001 - fixture
     done = cli("plan", "--experiment", "input_size", "--models", "padim", "--seeds", "7", "--format", "json")
     assert done.returncode == 0, done.stderr
     sweep = json.loads(done.stdout)
-    assert {(r["image_size"], r["category"]) for r in sweep["runs"]} == {(s, c) for s in (128, 256, 512) for c in ("tiles", "fabric")}
+    assert {(r["image_size"], r["category"]) for r in sweep["runs"]} == {
+        (s, c) for s in (128, 256, 512) for c in ("tiles", "fabric")
+    }

@@ -74,13 +74,20 @@ def test_realiad_uses_an_official_split_file(tmp_path: Path) -> None:
     _realiad_class(src, "usb")
 
     def entry(path: str, anomaly: str) -> dict[str, str | None]:
-        return {"category": "usb", "anomaly_class": anomaly, "image_path": path, "mask_path": path.replace(".jpg", ".png")
-                if anomaly != "OK" else None}
+        return {
+            "category": "usb",
+            "anomaly_class": anomaly,
+            "image_path": path,
+            "mask_path": path.replace(".jpg", ".png") if anomaly != "OK" else None,
+        }
 
     ok = [f"OK/S{s:04d}/usb_{s:04d}_OK_C{v}_2023.jpg" for s in range(1, 6) for v in (1, 2)]
     ng = [f"NG/AK/S0010/usb_0010_NG_AK_C{v}_2023.jpg" for v in (1, 2)]
-    split = {"meta": {"prefix": "usb", "normal_class": "OK"},
-             "train": [entry(p, "OK") for p in ok[:6]], "test": [entry(p, "OK") for p in ok[6:]] + [entry(p, "AK") for p in ng]}
+    split = {
+        "meta": {"prefix": "usb", "normal_class": "OK"},
+        "train": [entry(p, "OK") for p in ok[:6]],
+        "test": [entry(p, "OK") for p in ok[6:]] + [entry(p, "AK") for p in ng],
+    }
     jsons = tmp_path / "Real-IAD" / "realiad_jsons" / "realiad_jsons"
     jsons.mkdir(parents=True)
     (jsons / "usb.json").write_text(json.dumps(split))

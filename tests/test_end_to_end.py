@@ -13,8 +13,23 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from tests.conftest import TINY
 
-RUN = ("run", "--experiment", "evaluation", "--models", "patchcore,padim", "--datasets", "tiny", "--categories", "tiles",
-       "--image-size", "64", "--weights", "random", "--jobs", "2")
+RUN = (
+    "run",
+    "--experiment",
+    "evaluation",
+    "--models",
+    "patchcore,padim",
+    "--datasets",
+    "tiny",
+    "--categories",
+    "tiles",
+    "--image-size",
+    "64",
+    "--weights",
+    "random",
+    "--jobs",
+    "2",
+)
 
 
 def presorted(scores: pd.DataFrame, n: float = 2) -> tuple[float, float]:
@@ -57,13 +72,17 @@ def test_sweep_runs_resumes_and_matches_independent_metrics(cli, tiny_config: Pa
     assert "0 done, 2 skipped" in again.stdout
     assert [p.stat().st_mtime_ns for p in results] == stamps
 
-    table = cli("aggregate", "--sweep", "evaluation", "--config", str(tiny_config), "--format", "csv", "--out", str(tmp_path / "tables"))
+    table = cli(
+        "aggregate", "--sweep", "evaluation", "--config", str(tiny_config), "--format", "csv", "--out", str(tmp_path / "tables")
+    )
     assert table.returncode == 0, table.stderr
     per_dataset = pd.read_csv(tmp_path / "tables" / "per_dataset.csv", index_col=0)
     assert set(per_dataset.index) == {"PatchCore", "PaDiM"} and list(per_dataset.columns) == ["tiny"]
     runs = pd.read_csv(tmp_path / "tables" / "runs.csv")
     patchcore = json.loads(next(p for p in results if json.loads(p.read_text())["spec"]["model"] == "patchcore").read_text())
-    expected = "/".join(f"{100 * patchcore['metrics'][m]:.1f}" for m in ("image_AUROC", "pixel_AUPRO", "pixel_F1Max", "image_PG2", "image_PB2"))
+    expected = "/".join(
+        f"{100 * patchcore['metrics'][m]:.1f}" for m in ("image_AUROC", "pixel_AUPRO", "pixel_F1Max", "image_PG2", "image_PB2")
+    )
     assert per_dataset.loc["PatchCore", "tiny"] == expected
     assert len(runs) == 2
 
@@ -83,9 +102,19 @@ def test_sweep_runs_resumes_and_matches_independent_metrics(cli, tiny_config: Pa
 
 def test_worker_without_masks_reports_no_pixel_metrics(cli, tmp_path: Path) -> None:  # noqa: ANN001
     config = tmp_path / "viadk8s.yaml"
-    config.write_text(yaml.safe_dump({"store": str(tmp_path / "store"), "datasets": {"labels_only": {"synthetic": TINY, "masks": "image"}}}))
-    spec = {"sweep": "s1", "experiment": "evaluation", "model": "padim", "dataset": "labels_only", "category": "fabric",
-            "seed": 1, "image_size": 64, "weights": "random"}
+    config.write_text(
+        yaml.safe_dump({"store": str(tmp_path / "store"), "datasets": {"labels_only": {"synthetic": TINY, "masks": "image"}}})
+    )
+    spec = {
+        "sweep": "s1",
+        "experiment": "evaluation",
+        "model": "padim",
+        "dataset": "labels_only",
+        "category": "fabric",
+        "seed": 1,
+        "image_size": 64,
+        "weights": "random",
+    }
     done = cli("worker", "--spec", "-", "--config", str(config), stdin=json.dumps(spec))
     assert done.returncode == 0, done.stderr[-2000:]
     (result_path,) = (tmp_path / "store" / "runs" / "s1").glob("*/result.json")

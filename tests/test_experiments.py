@@ -19,7 +19,9 @@ def sweep(cli, tmp_path: Path, experiment: str, *args: str, datasets: dict | Non
     config.write_text(yaml.safe_dump({"store": str(tmp_path / "store"), "datasets": datasets or {"tiny": {"synthetic": TINY}}}))
     done = cli("run", "--experiment", experiment, *COMMON, *args, "--config", str(config))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    table = cli("aggregate", "--experiment", experiment, "--config", str(config), "--format", "csv", "--out", str(tmp_path / "tables"))
+    table = cli(
+        "aggregate", "--experiment", experiment, "--config", str(config), "--format", "csv", "--out", str(tmp_path / "tables")
+    )
     assert table.returncode == 0, table.stderr
     return [json.loads(p.read_text()) for p in sorted((tmp_path / "store" / "runs").glob("*/*/result.json"))]
 
@@ -31,7 +33,9 @@ def images_tested(tmp_path: Path, result: dict) -> set[str]:
 
 def test_noisy_labels(cli, tmp_path: Path) -> None:  # noqa: ANN001
     larger = {**TINY, "n_train": 30, "n_test_bad": 10}  # 4 % of a 30-image train set is one bad image after rounding
-    results = sweep(cli, tmp_path, "noisy_labels", "--models", "padim", "--image-size", "64", datasets={"tiny": {"synthetic": larger}})
+    results = sweep(
+        cli, tmp_path, "noisy_labels", "--models", "padim", "--image-size", "64", datasets={"tiny": {"synthetic": larger}}
+    )
     by_level = {r["spec"]["variant"]["contamination"]: r for r in results}
     assert sorted(by_level) == [0.0, 0.04, 0.08, 0.16]
     assert "contaminated_train" not in by_level[0.0]["data"]["changes"]
@@ -81,8 +85,18 @@ def test_validation_strategies_pick_the_best_epoch(cli, tmp_path: Path) -> None:
 
 def test_supervised(cli, tmp_path: Path) -> None:  # noqa: ANN001
     more_bad = {**TINY, "n_test_bad": 14}
-    results = sweep(cli, tmp_path, "supervised", "--models", "supersimplenet", "--image-size", "64", "--max-epochs", "1",
-                    datasets={"tiny": {"synthetic": more_bad}})
+    results = sweep(
+        cli,
+        tmp_path,
+        "supervised",
+        "--models",
+        "supersimplenet",
+        "--image-size",
+        "64",
+        "--max-epochs",
+        "1",
+        datasets={"tiny": {"synthetic": more_bad}},
+    )
     (result,) = results
     labelled = result["data"]["changes"]["labelled_bad_in_train"]
     assert len(labelled) == 10 and not set(labelled) & images_tested(tmp_path, result)

@@ -42,8 +42,9 @@ class ApiDouble(kmock.KubernetesEmulator):
         selector = request.params.get("labelSelector")
         if selector:
             wanted = dict(term.split("=", 1) for term in selector.split(","))
-            listing["items"] = [o for o in listing["items"]
-                                if wanted.items() <= ((o.get("metadata") or {}).get("labels") or {}).items()]
+            listing["items"] = [
+                o for o in listing["items"] if wanted.items() <= ((o.get("metadata") or {}).get("labels") or {}).items()
+            ]
         return listing
 
     async def _handle(self, request: kmock.Request) -> Any:
@@ -66,12 +67,18 @@ class Server:
 
 
 def _write_kubeconfig(path: Path, server: str) -> None:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "double",
-        "clusters": [{"name": "double", "cluster": {"server": server}}],
-        "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
-        "contexts": [{"name": "double", "context": {"cluster": "double", "user": "tester", "namespace": NAMESPACE}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "double",
+                "clusters": [{"name": "double", "cluster": {"server": server}}],
+                "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
+                "contexts": [{"name": "double", "context": {"cluster": "double", "user": "tester", "namespace": NAMESPACE}}],
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -186,14 +193,24 @@ def _pod(job: dict[str, Any], suffix: str, created: str, status: dict[str, Any])
     """A pod of ``job`` as the Job controller makes it: the template's labels plus the job name."""
     name = job["metadata"]["name"]
     labels = {**job["spec"]["template"]["metadata"]["labels"], "batch.kubernetes.io/job-name": name}
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"{name}-{suffix}", "namespace": NAMESPACE, "creationTimestamp": created, "labels": labels},
-            "spec": {"containers": [{"name": "worker", "image": "x"}]}, "status": status}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-{suffix}", "namespace": NAMESPACE, "creationTimestamp": created, "labels": labels},
+        "spec": {"containers": [{"name": "worker", "image": "x"}]},
+        "status": status,
+    }
 
 
 def _terminated(code: int, message: str) -> dict[str, Any]:
-    worker = {"name": "worker", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-              "state": {"terminated": {"exitCode": code, "message": message}}}
+    worker = {
+        "name": "worker",
+        "image": "x",
+        "imageID": "",
+        "ready": False,
+        "restartCount": 0,
+        "state": {"terminated": {"exitCode": code, "message": message}},
+    }
     return {"phase": "Failed", "containerStatuses": [worker]}
 
 
@@ -203,20 +220,41 @@ def test_status_reports_each_state_with_its_reason(api: Server, config: Config) 
     stored = sorted(api.objects(JOBS), key=lambda j: j["metadata"]["name"])
     ok, bad, running, pending, queued, *_ = stored
     _set_job_status(cluster, ok["metadata"]["name"], {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
-    _set_job_status(cluster, bad["metadata"]["name"], {"failed": 1, "conditions": [
-        {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit code 2 matches rule 1"}]})
-    cluster.core.create_namespaced_pod(NAMESPACE, _pod(bad, "a", "2026-01-01T00:00:00Z", _terminated(
-        2, "loading...\nerror: dataset 'visa' is not available on this machine\n")))
+    _set_job_status(
+        cluster,
+        bad["metadata"]["name"],
+        {
+            "failed": 1,
+            "conditions": [
+                {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit code 2 matches rule 1"}
+            ],
+        },
+    )
+    cluster.core.create_namespaced_pod(
+        NAMESPACE,
+        _pod(
+            bad,
+            "a",
+            "2026-01-01T00:00:00Z",
+            _terminated(2, "loading...\nerror: dataset 'visa' is not available on this machine\n"),
+        ),
+    )
     _set_job_status(cluster, running["metadata"]["name"], {"active": 1, "failed": 1})
     cluster.core.create_namespaced_pod(NAMESPACE, _pod(running, "a", "2026-01-01T00:00:00Z", _terminated(3, "error: S3 timeout")))
     cluster.core.create_namespaced_pod(NAMESPACE, _pod(running, "b", "2026-01-01T01:00:00Z", {"phase": "Running"}))
     _set_job_status(cluster, pending["metadata"]["name"], {"active": 1})
-    unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                     "message": "0/3 nodes: Insufficient nvidia.com/gpu"}
-    cluster.core.create_namespaced_pod(NAMESPACE, _pod(pending, "a", "2026-01-01T00:00:00Z",
-                                                       {"phase": "Pending", "conditions": [unschedulable]}))
-    cluster.batch.patch_namespaced_job(queued["metadata"]["name"], NAMESPACE, {"spec": {"suspend": True}},
-                                       _content_type="application/merge-patch+json")
+    unschedulable = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/3 nodes: Insufficient nvidia.com/gpu",
+    }
+    cluster.core.create_namespaced_pod(
+        NAMESPACE, _pod(pending, "a", "2026-01-01T00:00:00Z", {"phase": "Pending", "conditions": [unschedulable]})
+    )
+    cluster.batch.patch_namespaced_job(
+        queued["metadata"]["name"], NAMESPACE, {"spec": {"suspend": True}}, _content_type="application/merge-patch+json"
+    )
 
     status = jobs.sweep_status(cluster, "s1")
     by_job = {run.job: run for run in status.runs}
@@ -226,7 +264,9 @@ def test_status_reports_each_state_with_its_reason(api: Server, config: Config) 
     assert failed.state == "failed"
     assert failed.reason == "PodFailurePolicy: exit 2 (invalid input): error: dataset 'visa' is not available on this machine"
     assert (by_job[running["metadata"]["name"]].state, by_job[running["metadata"]["name"]].reason) == (
-        "running", "retry 1 after exit 3 (infrastructure): error: S3 timeout")
+        "running",
+        "retry 1 after exit 3 (infrastructure): error: S3 timeout",
+    )
     assert by_job[pending["metadata"]["name"]].reason == "Unschedulable: 0/3 nodes: Insufficient nvidia.com/gpu"
     assert by_job[queued["metadata"]["name"]].reason == "suspended: waiting for its queue"
     assert status.counts() == {"pending": 3, "running": 1, "succeeded": 1, "failed": 1}
@@ -300,8 +340,12 @@ def test_unreachable_api_server_is_one_line_exit_3(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(InfraError, match=r"cannot reach the Kubernetes API server at http://127.0.0.1:\d+: Connection refused"):
         jobs.sweep_status(connect(load_config().cluster))
-    for args in (["status"], ["submit", "-e", "input_size", "--models", "patchcore"], ["logs", "0123456789abcdef"],
-                 ["cancel", "--sweep", "s1"]):
+    for args in (
+        ["status"],
+        ["submit", "-e", "input_size", "--models", "patchcore"],
+        ["logs", "0123456789abcdef"],
+        ["cancel", "--sweep", "s1"],
+    ):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 3, result.output
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
@@ -316,13 +360,21 @@ def test_no_cluster_configured_is_one_line(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_forbidden_names_the_action_and_rbac(api: Server, config: Config) -> None:
-    forbidden = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "reason": "Forbidden",
-                 "message": 'jobs.batch is forbidden: User "tester" cannot list resource "jobs"'}
+    forbidden = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "code": 403,
+        "reason": "Forbidden",
+        "message": 'jobs.batch is forbidden: User "tester" cannot list resource "jobs"',
+    }
     api.handler[kmock.action.LIST, JOBS] << 403 << forbidden
     with pytest.raises(InfraError) as err:
         jobs.sweep_status(_cluster(config), "s1")
-    assert str(err.value) == ("list Jobs in namespace 'bench': jobs.batch is forbidden: User \"tester\" cannot list "
-                              'resource "jobs" (check the credentials and RBAC of the kube context)')
+    assert str(err.value) == (
+        "list Jobs in namespace 'bench': jobs.batch is forbidden: User \"tester\" cannot list "
+        'resource "jobs" (check the credentials and RBAC of the kube context)'
+    )
 
 
 def test_cli_submit_status_cancel_round_trip(api: Server, tmp_path: Path) -> None:

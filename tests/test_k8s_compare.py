@@ -18,10 +18,15 @@ METRICS = ["image_AUROC", "pixel_AUPRO"]
 def _result(model: str, category: str, seed: int, auroc: float, aupro: float | None = 0.8) -> RunResult:
     spec = RunSpec(sweep="nightly-1", experiment="evaluation", model=model, dataset="synthetic", category=category, seed=seed)
     return RunResult(
-        run_key=spec.run_key, spec=spec, metrics={"image_AUROC": auroc, "pixel_AUPRO": aupro},
+        run_key=spec.run_key,
+        spec=spec,
+        metrics={"image_AUROC": auroc, "pixel_AUPRO": aupro},
         timings=Timings(fit_s=1, test_s=1, test_images_per_s=10, peak_memory_mb=100, memory_kind="cpu_rss"),
         data=DataSummary(n_train=10, n_test_good=5, n_test_bad=5, pixel_masks=True),
-        epochs=1, device="cpu", versions={}, finished_at="2026-01-01T00:00:00+00:00",
+        epochs=1,
+        device="cpu",
+        versions={},
+        finished_at="2026-01-01T00:00:00+00:00",
     )
 
 
@@ -31,8 +36,12 @@ def _baseline(tmp_path: Path, results: list[RunResult]) -> Path:
     return tmp_path / "tables" / "runs.csv"
 
 
-BASE = [_result("patchcore", "tiles", 1, 0.90), _result("patchcore", "fabric", 1, 0.80),
-        _result("padim", "tiles", 1, 0.70, None), _result("padim", "fabric", 1, 0.70, None)]
+BASE = [
+    _result("patchcore", "tiles", 1, 0.90),
+    _result("patchcore", "fabric", 1, 0.80),
+    _result("padim", "tiles", 1, 0.70, None),
+    _result("padim", "fabric", 1, 0.70, None),
+]
 
 
 def test_identical_results_pass(tmp_path: Path) -> None:
@@ -58,11 +67,14 @@ def test_several_seeds_average_per_category_first(tmp_path: Path) -> None:
     assert check(_baseline(tmp_path, BASE), now, METRICS, tolerance=0.1) == []
 
 
-@pytest.mark.parametrize(("baseline", "tolerance", "message"), [
-    ("missing.csv", 1.0, "cannot read baseline"),
-    ("bad.csv", 1.0, "lacks columns model, dataset, image_size"),
-    ("ok", -1.0, "tolerance -1.0 is not allowed"),
-])
+@pytest.mark.parametrize(
+    ("baseline", "tolerance", "message"),
+    [
+        ("missing.csv", 1.0, "cannot read baseline"),
+        ("bad.csv", 1.0, "lacks columns model, dataset, image_size"),
+        ("ok", -1.0, "tolerance -1.0 is not allowed"),
+    ],
+)
 def test_bad_baseline_or_tolerance_is_one_line(tmp_path: Path, baseline: str, tolerance: float, message: str) -> None:
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     path = _baseline(tmp_path, BASE) if baseline == "ok" else tmp_path / baseline

@@ -175,9 +175,28 @@ def test_rendering_is_deterministic_and_named_after_sweep_and_run_key() -> None:
 # --- injection safety --------------------------------------------------------------------------------
 
 NASTY = [
-    "a: b", "x\ny: z", "'single' \"double\"", "{{ 7 * 7 }}", "{% raw %}", "- item", "#comment", "&a *a",
-    "!!python/object:os.system", "%TAG ! x", "null", "yes", "0o17", "", "\t tab", "line\u2028sep", "nel\x85",
-    "emoji 😀", "bell\x07", "back\\slash", "]}", "---\nkind: Pod",
+    "a: b",
+    "x\ny: z",
+    "'single' \"double\"",
+    "{{ 7 * 7 }}",
+    "{% raw %}",
+    "- item",
+    "#comment",
+    "&a *a",
+    "!!python/object:os.system",
+    "%TAG ! x",
+    "null",
+    "yes",
+    "0o17",
+    "",
+    "\t tab",
+    "line\u2028sep",
+    "nel\x85",
+    "emoji 😀",
+    "bell\x07",
+    "back\\slash",
+    "]}",
+    "---\nkind: Pod",
 ]
 
 
@@ -190,8 +209,9 @@ def test_json_filter_round_trips_any_string(value: str) -> None:
 def test_hostile_dataset_and_category_names_cannot_change_the_document(tmp_path: Path) -> None:
     evil_dataset = 'evil: "x"\n{{ 7*7 }}'
     evil_category = "cat'\"\n- {{ config }}\n---\nkind: Pod"
-    (tmp_path / "viadk8s.yaml").write_text(yaml.safe_dump(
-        {"datasets": {evil_dataset: {"synthetic": {"categories": [evil_category]}}}}))
+    (tmp_path / "viadk8s.yaml").write_text(
+        yaml.safe_dump({"datasets": {evil_dataset: {"synthetic": {"categories": [evil_category]}}}})
+    )
     config = load_config()
     rendered = render_sweep(plan("evaluation", Selection(models=["patchcore"], datasets=[evil_dataset]), config), config, "bench")
     job = rendered.jobs[0]
@@ -227,16 +247,23 @@ FULL_CLUSTER: dict[str, Any] = {
     "scheduling": {
         "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}]}}},
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}]
+                }
+            }
+        },
         "runtime_class_name": "nvidia",
         "priority_class_name": "batch-low",
     },
     "queue": "team-gpu",
     "cache": {"type": "pvc", "claim_name": "datasets", "read_only": True},
     "weights": {"type": "emptyDir", "size_limit": "20Gi"},
-    "secrets": {"env_from": ["viadk8s-s3"],
-                "env": {"MLFLOW_TRACKING_TOKEN": {"name": "mlflow", "key": "token", "optional": True}}},
+    "secrets": {
+        "env_from": ["viadk8s-s3"],
+        "env": {"MLFLOW_TRACKING_TOKEN": {"name": "mlflow", "key": "token", "optional": True}},
+    },
     "job": {"backoff_limit": 1, "active_deadline_seconds": 3600, "ttl_seconds_after_finished": 60},
 }
 
@@ -285,21 +312,27 @@ def test_host_path_cache_and_cpu_only_runs() -> None:
 # --- config: the cluster section --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("cluster", "message"), [
-    ({"gpus": 1}, "cluster.gpus: Extra inputs are not permitted"),
-    ({"gpu": {"count": "two"}}, "cluster.gpu.count: Input should be a valid integer"),
-    ({"gpu": {"resource": "gpu"}}, "cluster.gpu: resource 'gpu' is not an extended resource"),
-    ({"namespace": "Bench_1"}, "cluster.namespace: 'Bench_1' is not allowed"),
-    ({"shm_size": "lots"}, "cluster.shm_size: 'lots' is not a Kubernetes quantity"),
-    ({"resources": {"requests": {"cpu": 16, "memory": "1Gi"}}}, "cluster.resources: requests.cpu '16' is above limits.cpu '8'"),
-    ({"cache": {"type": "pvc"}}, "cluster.cache: claim_name goes with type 'pvc' only"),
-    ({"cache": {"type": "hostPath", "path": "rel/path"}}, "cluster.cache: path 'rel/path' is not allowed"),
-    ({"image": "evil\nimage"}, "cluster.image: 'evil\\nimage' is not allowed"),
-    ({"scheduling": {"node_selector": {"pool": "a b"}}}, "cluster.scheduling.node_selector.pool: 'a b' is not allowed"),
-    ({"scheduling": {"tolerations": [{"effect": "Never"}]}}, "cluster.scheduling.tolerations.0.effect: Input should be"),
-    ({"secrets": {"env": {"1BAD": {"name": "s", "key": "k"}}}}, "cluster.secrets.env.1BAD.[key]: '1BAD' is not allowed"),
-    ("not-a-mapping", "cluster: Input should be a valid dictionary"),
-])
+@pytest.mark.parametrize(
+    ("cluster", "message"),
+    [
+        ({"gpus": 1}, "cluster.gpus: Extra inputs are not permitted"),
+        ({"gpu": {"count": "two"}}, "cluster.gpu.count: Input should be a valid integer"),
+        ({"gpu": {"resource": "gpu"}}, "cluster.gpu: resource 'gpu' is not an extended resource"),
+        ({"namespace": "Bench_1"}, "cluster.namespace: 'Bench_1' is not allowed"),
+        ({"shm_size": "lots"}, "cluster.shm_size: 'lots' is not a Kubernetes quantity"),
+        (
+            {"resources": {"requests": {"cpu": 16, "memory": "1Gi"}}},
+            "cluster.resources: requests.cpu '16' is above limits.cpu '8'",
+        ),
+        ({"cache": {"type": "pvc"}}, "cluster.cache: claim_name goes with type 'pvc' only"),
+        ({"cache": {"type": "hostPath", "path": "rel/path"}}, "cluster.cache: path 'rel/path' is not allowed"),
+        ({"image": "evil\nimage"}, "cluster.image: 'evil\\nimage' is not allowed"),
+        ({"scheduling": {"node_selector": {"pool": "a b"}}}, "cluster.scheduling.node_selector.pool: 'a b' is not allowed"),
+        ({"scheduling": {"tolerations": [{"effect": "Never"}]}}, "cluster.scheduling.tolerations.0.effect: Input should be"),
+        ({"secrets": {"env": {"1BAD": {"name": "s", "key": "k"}}}}, "cluster.secrets.env.1BAD.[key]: '1BAD' is not allowed"),
+        ("not-a-mapping", "cluster: Input should be a valid dictionary"),
+    ],
+)
 def test_bad_cluster_settings_name_the_key(tmp_path: Path, cluster: Any, message: str) -> None:
     (tmp_path / "viadk8s.yaml").write_text(yaml.safe_dump({"cluster": cluster}))
     with pytest.raises(SpecError) as err:
@@ -320,13 +353,21 @@ def test_cluster_precedence_cli_over_env_over_file(tmp_path: Path, monkeypatch: 
 
 def test_namespace_comes_from_the_kube_context_like_kubectl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "a",
-        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "a", "context": {"cluster": "c", "user": "u", "namespace": "team-a"}},
-                     {"name": "b", "context": {"cluster": "c", "user": "u"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "a",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [
+                    {"name": "a", "context": {"cluster": "c", "user": "u", "namespace": "team-a"}},
+                    {"name": "b", "context": {"cluster": "c", "user": "u"}},
+                ],
+            }
+        )
+    )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     assert resolve_namespace(ClusterSettings()) == "team-a"
     assert resolve_namespace(ClusterSettings(context="b")) == "default"
@@ -336,10 +377,17 @@ def test_namespace_comes_from_the_kube_context_like_kubectl(tmp_path: Path, monk
 
 
 def test_pods_config_map_reads_back_as_the_submitters_config(tmp_path: Path) -> None:
-    config = Config.model_validate({
-        "store": "s3://bucket/runs", "s3": {"addressing_style": "path"}, "mlflow": {"tracking_uri": "http://mlflow:5000"},
-        "weights_dir": "/local/weights", "cache_max_gb": 50, "cluster": {"namespace": "x"},
-        "datasets": {"visa": {"path": "/var/cache/viadk8s/datasets/visa"}}})
+    config = Config.model_validate(
+        {
+            "store": "s3://bucket/runs",
+            "s3": {"addressing_style": "path"},
+            "mlflow": {"tracking_uri": "http://mlflow:5000"},
+            "weights_dir": "/local/weights",
+            "cache_max_gb": 50,
+            "cluster": {"namespace": "x"},
+            "datasets": {"visa": {"path": "/var/cache/viadk8s/datasets/visa"}},
+        }
+    )
     planned = plan("evaluation", Selection(models=["patchcore"], datasets=["visa"]), config)
     rendered = render_sweep(planned, config, "x")
     (tmp_path / "pod.yaml").write_text(rendered.config_map.body["data"]["viadk8s.yaml"])
@@ -362,8 +410,9 @@ def test_cli_render_and_client_dry_run_without_a_cluster(tmp_path: Path, monkeyp
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
     result = runner.invoke(app, ["submit", "--experiment", "supervised"])
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert result.exit_code == 3 and errors == ["error: no Kubernetes cluster configured: no kubeconfig ($KUBECONFIG or "
-                                                "~/.kube/config), not in a pod"], result.output
+    assert result.exit_code == 3 and errors == [
+        "error: no Kubernetes cluster configured: no kubeconfig ($KUBECONFIG or ~/.kube/config), not in a pod"
+    ], result.output
     result = runner.invoke(app, ["submit", "--experiment", "input_size", "--dry-run=maybe"])
     assert result.exit_code == 2 and "unknown --dry-run 'maybe'; allowed: client, server" in result.output
 
@@ -386,12 +435,22 @@ def helm() -> str:
 
 FULL_VALUES: dict[str, Any] = {
     "imagePullSecrets": ["regcred"],
-    "config": {"store": "s3://bench/runs", "datasets": {"visa": {"path": "/var/cache/viadk8s/datasets/visa"}},
-               "cluster": {"image": "registry.example.com/viadk8s:1", "gpu": {"count": 1}, "queue": "gpu",
-                           "cache": {"type": "pvc", "claim_name": "datasets"}}},
+    "config": {
+        "store": "s3://bench/runs",
+        "datasets": {"visa": {"path": "/var/cache/viadk8s/datasets/visa"}},
+        "cluster": {
+            "image": "registry.example.com/viadk8s:1",
+            "gpu": {"count": 1},
+            "queue": "gpu",
+            "cache": {"type": "pvc", "claim_name": "datasets"},
+        },
+    },
     "credentials": {"s3": {"existingSecret": "viadk8s-s3"}},
-    "mlflow": {"backend": {"type": "postgresql", "postgresql": {"existingSecret": "mlflow-db"}},
-               "artifactsDestination": "s3://bench/mlflow", "allowedHosts": ["mlflow.example.com"]},
+    "mlflow": {
+        "backend": {"type": "postgresql", "postgresql": {"existingSecret": "mlflow-db"}},
+        "artifactsDestination": "s3://bench/mlflow",
+        "allowedHosts": ["mlflow.example.com"],
+    },
     "nightly": {"enabled": True, "experiment": "input_size", "models": "patchcore,padim", "maxEpochs": 2},
 }
 
@@ -450,13 +509,16 @@ def test_chart_templates_valid_restricted_manifests(helm: str, tmp_path: Path, v
     assert {e["name"]: e["value"] for e in nightly["containers"][0]["env"]}["EXPERIMENT"] == "input_size"
 
 
-@pytest.mark.parametrize(("values", "error"), [
-    ({"bogus": 1}, "additional properties 'bogus' not allowed"),
-    ({"config": {"cluster": {"gpus": 1}}}, "additional properties 'gpus' not allowed"),
-    ({"mlflow": {"port": "5000"}}, "got string, want integer"),
-    ({"nightly": {"enabled": True}}, "config.store (e.g. s3://BUCKET/viadk8s) is required"),
-    ({"mlflow": {"backend": {"type": "postgresql"}}}, "mlflow.backend.postgresql.existingSecret is required"),
-])
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ({"bogus": 1}, "additional properties 'bogus' not allowed"),
+        ({"config": {"cluster": {"gpus": 1}}}, "additional properties 'gpus' not allowed"),
+        ({"mlflow": {"port": "5000"}}, "got string, want integer"),
+        ({"nightly": {"enabled": True}}, "config.store (e.g. s3://BUCKET/viadk8s) is required"),
+        ({"mlflow": {"backend": {"type": "postgresql"}}}, "mlflow.backend.postgresql.existingSecret is required"),
+    ],
+)
 def test_chart_rejects_bad_values(helm: str, tmp_path: Path, values: dict[str, Any], error: str) -> None:
     with pytest.raises(subprocess.CalledProcessError) as err:
         _template(helm, tmp_path, values)
@@ -473,8 +535,10 @@ def _model_keys(model: type[Any]) -> dict[str, Any]:
 
 
 def _schema_keys(schema: dict[str, Any]) -> dict[str, Any]:
-    return {k: (_schema_keys(v) if v.get("type") == "object" and "properties" in v and k != "affinity" else None)
-            for k, v in schema["properties"].items()}
+    return {
+        k: (_schema_keys(v) if v.get("type") == "object" and "properties" in v and k != "affinity" else None)
+        for k, v in schema["properties"].items()
+    }
 
 
 def test_chart_schema_mirrors_the_config() -> None:
@@ -488,8 +552,9 @@ def test_chart_schema_mirrors_the_config() -> None:
 
 def test_dockerfile_passes_hadolint() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
-    result = subprocess.run([hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     text = (ROOT / "Dockerfile").read_text()
     for needed in ("HF_HUB_OFFLINE=1", "MALLOC_MMAP_THRESHOLD_=1048576", "USER 10001", 'ENTRYPOINT ["viadk8s"]'):

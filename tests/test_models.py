@@ -18,8 +18,17 @@ AVAILABLE = [key for key, entry in catalog.models().items() if entry.available]
 def test_model_fits_and_tests_offline(cli, tmp_path: Path, model: str) -> None:  # noqa: ANN001
     config = tmp_path / "viadk8s.yaml"
     config.write_text(yaml.safe_dump({"store": str(tmp_path / "store"), "datasets": {"small": {"synthetic": SMALL}}}))
-    spec = {"sweep": "smoke", "experiment": "evaluation", "model": model, "dataset": "small", "category": "fabric", "seed": 7,
-            "image_size": catalog.models()[model].min_image_size, "weights": "random", "trainer": {"max_epochs": 1, "batch_size": 4}}
+    spec = {
+        "sweep": "smoke",
+        "experiment": "evaluation",
+        "model": model,
+        "dataset": "small",
+        "category": "fabric",
+        "seed": 7,
+        "image_size": catalog.models()[model].min_image_size,
+        "weights": "random",
+        "trainer": {"max_epochs": 1, "batch_size": 4},
+    }
     done = cli("worker", "--spec", "-", "--config", str(config), stdin=json.dumps(spec), env={"HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
     (result,) = (tmp_path / "store" / "runs" / "smoke").glob("*/result.json")
@@ -28,10 +37,25 @@ def test_model_fits_and_tests_offline(cli, tmp_path: Path, model: str) -> None: 
 
 
 def test_missing_pretrained_weights_name_the_file(cli, tmp_path: Path) -> None:  # noqa: ANN001
-    spec = {"sweep": "w", "experiment": "evaluation", "model": "padim", "dataset": "synthetic", "category": "tiles", "seed": 1,
-            "image_size": 64, "weights": "imagenet"}
-    done = cli("worker", "--spec", "-", "--store", str(tmp_path / "store"), stdin=json.dumps(spec),
-               env={"HF_HUB_OFFLINE": "1", "VIADK8S_WEIGHTS_DIR": str(tmp_path / "weights")})
+    spec = {
+        "sweep": "w",
+        "experiment": "evaluation",
+        "model": "padim",
+        "dataset": "synthetic",
+        "category": "tiles",
+        "seed": 1,
+        "image_size": 64,
+        "weights": "imagenet",
+    }
+    done = cli(
+        "worker",
+        "--spec",
+        "-",
+        "--store",
+        str(tmp_path / "store"),
+        stdin=json.dumps(spec),
+        env={"HF_HUB_OFFLINE": "1", "VIADK8S_WEIGHTS_DIR": str(tmp_path / "weights")},
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert "pretrained weights timm/wide_resnet50_2" in last and str(tmp_path / "weights" / "huggingface" / "hub") in last

@@ -49,7 +49,12 @@ def make_dataset(root: Path) -> Path:
 
 
 def write_config(path: Path, store: str, tracking_uri: str | None = None, **extra: object) -> Path:
-    data: dict[str, object] = {"store": store, "cache_dir": str(path.parent / "cache"), "s3": {"addressing_style": "path"}, **extra}
+    data: dict[str, object] = {
+        "store": store,
+        "cache_dir": str(path.parent / "cache"),
+        "s3": {"addressing_style": "path"},
+        **extra,
+    }
     if tracking_uri:
         data["mlflow"] = {"tracking_uri": tracking_uri}
     path.write_text(yaml.safe_dump(data))
@@ -57,15 +62,34 @@ def write_config(path: Path, store: str, tracking_uri: str | None = None, **extr
 
 
 def keys(prefix: str, s3: S3Server) -> list[str]:
-    client = boto3.client("s3", endpoint_url=s3.endpoint, **{k: s3.env[v] for k, v in
-                          (("aws_access_key_id", "AWS_ACCESS_KEY_ID"), ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"))},
-                          region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        **{
+            k: s3.env[v]
+            for k, v in (("aws_access_key_id", "AWS_ACCESS_KEY_ID"), ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"))
+        },
+        region_name="us-east-1",
+    )
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-RUN = ("run", "--experiment", "evaluation", "--models", "padim", "--datasets", "mine", "--image-size", "64", "--weights", "random",
-       "--jobs", "2")
+RUN = (
+    "run",
+    "--experiment",
+    "evaluation",
+    "--models",
+    "padim",
+    "--datasets",
+    "mine",
+    "--image-size",
+    "64",
+    "--weights",
+    "random",
+    "--jobs",
+    "2",
+)
 
 
 def test_sweep_on_s3_with_mlflow_server(cli, tmp_path: Path, s3: S3Server, s3_env: dict[str, str], mlflow: MlflowServer) -> None:  # noqa: ANN001
@@ -75,8 +99,9 @@ def test_sweep_on_s3_with_mlflow_server(cli, tmp_path: Path, s3: S3Server, s3_en
     assert uploaded.returncode == 0, uploaded.stderr
     assert "2 categories" in uploaded.stdout
     listed = cli("datasets", "list", "--store", store)
-    assert listed.returncode == 0 and any(line.split("│")[1].strip() == "mine" and "yes" in line for line in listed.stdout.splitlines()
-                                          if "│" in line), listed.stdout
+    assert listed.returncode == 0 and any(
+        line.split("│")[1].strip() == "mine" and "yes" in line for line in listed.stdout.splitlines() if "│" in line
+    ), listed.stdout
     verified = cli("datasets", "verify", "mine", "--store", store)
     assert verified.returncode == 0, verified.stderr
 
@@ -116,13 +141,26 @@ def test_sweep_on_s3_with_mlflow_server(cli, tmp_path: Path, s3: S3Server, s3_en
 def test_corrupt_archive_is_refused_before_training(cli, tmp_path: Path, s3: S3Server, s3_env: dict[str, str]) -> None:  # noqa: ANN001
     store = f"s3://{BUCKET}/corrupt"
     assert cli("datasets", "upload", "mine", "--from", str(make_dataset(tmp_path)), "--store", store).returncode == 0
-    manifest = json.loads(boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
-                          .get_object(Bucket=BUCKET, Key="corrupt/datasets/mine/manifest.json")["Body"].read())
+    manifest = json.loads(
+        boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
+        .get_object(Bucket=BUCKET, Key="corrupt/datasets/mine/manifest.json")["Body"]
+        .read()
+    )
     archive = manifest["categories"]["tiles"]["key"]
-    boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1").put_object(Bucket=BUCKET, Key=f"corrupt/{archive}", Body=b"garbage")
+    boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1").put_object(
+        Bucket=BUCKET, Key=f"corrupt/{archive}", Body=b"garbage"
+    )
     config = write_config(tmp_path / "viadk8s.yaml", store)
-    spec = {"sweep": "bad", "experiment": "evaluation", "model": "padim", "dataset": "mine", "category": "tiles", "seed": 1,
-            "image_size": 64, "weights": "random"}
+    spec = {
+        "sweep": "bad",
+        "experiment": "evaluation",
+        "model": "padim",
+        "dataset": "mine",
+        "category": "tiles",
+        "seed": 1,
+        "image_size": 64,
+        "weights": "random",
+    }
     done = cli("worker", "--spec", "-", "--config", str(config), stdin=json.dumps(spec))
     assert done.returncode == 2, done.stderr
     assert "is corrupt: sha256" in done.stderr.splitlines()[-1]
@@ -149,9 +187,18 @@ STAGE = textwrap.dedent(
 
 def test_two_processes_staging_one_category_download_once(cli, tmp_path: Path, s3_env: dict[str, str]) -> None:  # noqa: ANN001
     store = f"s3://{BUCKET}/concurrent"
-    assert cli("datasets", "upload", "mine", "--from", str(make_dataset(tmp_path)), "--store", store, "--compress").returncode == 0
-    procs = [subprocess.Popen([sys.executable, "-c", STAGE, store, str(tmp_path / "node-cache")], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert (
+        cli("datasets", "upload", "mine", "--from", str(make_dataset(tmp_path)), "--store", store, "--compress").returncode == 0
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", STAGE, store, str(tmp_path / "node-cache")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     answers = sorted(out.split()[0] for out, _ in outputs)
@@ -162,8 +209,15 @@ def test_two_processes_staging_one_category_download_once(cli, tmp_path: Path, s
 def test_s3_down_is_an_infrastructure_error(cli, tmp_path: Path, s3_env: dict[str, str]) -> None:  # noqa: ANN001
     config = write_config(tmp_path / "viadk8s.yaml", f"s3://{BUCKET}/down", s3={"addressing_style": "path", "max_attempts": 3})
     spec = {"sweep": "down", "experiment": "evaluation", "model": "padim", "dataset": "synthetic", "category": "tiles", "seed": 1}
-    done = cli("worker", "--spec", "-", "--config", str(config), stdin=json.dumps(spec),
-               env={"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{free_port()}"})
+    done = cli(
+        "worker",
+        "--spec",
+        "-",
+        "--config",
+        str(config),
+        stdin=json.dumps(spec),
+        env={"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{free_port()}"},
+    )
     assert done.returncode == 3, done.stderr
     assert "unreachable after 3 attempts" in done.stderr.splitlines()[-1]
     assert "Traceback" not in done.stderr
@@ -177,23 +231,46 @@ def test_wrong_credentials_are_named(cli, tmp_path: Path, s3_env: dict[str, str]
 
 def test_mlflow_down_keeps_result_then_sync(cli, tmp_path: Path, s3_env: dict[str, str], mlflow: MlflowServer) -> None:  # noqa: ANN001
     store = f"s3://{BUCKET}/sync"
-    down = write_config(tmp_path / "down.yaml", store, f"http://127.0.0.1:{free_port()}",
-                        datasets={"tiny": {"synthetic": TINY}})
-    spec = {"sweep": "sync", "experiment": "evaluation", "model": "padim", "dataset": "tiny", "category": "tiles", "seed": 1,
-            "image_size": 64, "weights": "random"}
-    done = cli("worker", "--spec", "-", "--config", str(down), stdin=json.dumps(spec), env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    down = write_config(tmp_path / "down.yaml", store, f"http://127.0.0.1:{free_port()}", datasets={"tiny": {"synthetic": TINY}})
+    spec = {
+        "sweep": "sync",
+        "experiment": "evaluation",
+        "model": "padim",
+        "dataset": "tiny",
+        "category": "tiles",
+        "seed": 1,
+        "image_size": 64,
+        "weights": "random",
+    }
+    done = cli(
+        "worker", "--spec", "-", "--config", str(down), stdin=json.dumps(spec), env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     up = write_config(tmp_path / "up.yaml", store, mlflow.uri, datasets={"tiny": {"synthetic": TINY}})
-    stored = json.loads(subprocess.run([sys.executable, "-c", "import sys; from viadk8s.config import load_config; from viadk8s.results "
-                                        "import load_results; print(load_results(load_config(sys.argv[1]).open_store())[0]"
-                                        ".model_dump_json())", str(up)], capture_output=True, text=True, check=True).stdout)
+    stored = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from viadk8s.config import load_config; from viadk8s.results "
+                "import load_results; print(load_results(load_config(sys.argv[1]).open_store())[0]"
+                ".model_dump_json())",
+                str(up),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert stored["tracking"]["status"] == "pending" and stored["metrics"]["image_AUROC"] is not None
     synced = cli("mlflow", "sync", "--config", str(up))
     assert synced.returncode == 0 and "1 runs synced" in synced.stdout, synced.stdout + synced.stderr
     from mlflow import MlflowClient
 
     tracked = MlflowClient(tracking_uri=mlflow.uri).search_runs(
-        [MlflowClient(tracking_uri=mlflow.uri).get_experiment_by_name("evaluation").experiment_id], filter_string="tags.sweep = 'sync'")
+        [MlflowClient(tracking_uri=mlflow.uri).get_experiment_by_name("evaluation").experiment_id],
+        filter_string="tags.sweep = 'sync'",
+    )
     assert [r.data.tags["run_key"] for r in tracked if r.data.tags.get("viadk8s.role") == "run"] == [stored["run_key"]]
     again = cli("mlflow", "sync", "--config", str(up))
     assert "0 runs synced" in again.stdout

@@ -36,11 +36,26 @@ def test_run_name_is_the_authors() -> None:
     [
         ("{not json", "invalid run spec"),
         ('{"sweep": "x"}', "experiment: Field required"),
-        ('{"sweep":"Bad_Sweep","experiment":"evaluation","model":"patchcore","dataset":"d","category":"c","seed":1}', "sweep id 'Bad_Sweep'"),
-        ('{"sweep":"s","experiment":"nope","model":"patchcore","dataset":"d","category":"c","seed":1}', "unknown experiment 'nope'; allowed: evaluation"),
-        ('{"sweep":"s","experiment":"evaluation","model":"resnet","dataset":"d","category":"c","seed":1}', "unknown model 'resnet'"),
-        ('{"sweep":"s","experiment":"evaluation","model":"padim","dataset":"d","category":"c","seed":1,"image_size":100}', "multiples of 32"),
-        ('{"sweep":"s","experiment":"evaluation","model":"padim","dataset":"d","category":"c","seed":1,"extra":1}', "extra: Extra inputs"),
+        (
+            '{"sweep":"Bad_Sweep","experiment":"evaluation","model":"patchcore","dataset":"d","category":"c","seed":1}',
+            "sweep id 'Bad_Sweep'",
+        ),
+        (
+            '{"sweep":"s","experiment":"nope","model":"patchcore","dataset":"d","category":"c","seed":1}',
+            "unknown experiment 'nope'; allowed: evaluation",
+        ),
+        (
+            '{"sweep":"s","experiment":"evaluation","model":"resnet","dataset":"d","category":"c","seed":1}',
+            "unknown model 'resnet'",
+        ),
+        (
+            '{"sweep":"s","experiment":"evaluation","model":"padim","dataset":"d","category":"c","seed":1,"image_size":100}',
+            "multiples of 32",
+        ),
+        (
+            '{"sweep":"s","experiment":"evaluation","model":"padim","dataset":"d","category":"c","seed":1,"extra":1}',
+            "extra: Extra inputs",
+        ),
     ],
 )
 def test_bad_spec_is_one_clear_line(text: str, message: str) -> None:

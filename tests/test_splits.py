@@ -30,8 +30,10 @@ def _dataset(n_train: int = 100, n_good: int = 30, n_bad: int = 30, n_train_bad:
     samples = [Sample(f"/d/c/train/good/{i:03d}.png", 0, "train", "good") for i in range(n_train)]
     samples += [Sample(f"/d/c/train/bad/{i:03d}.png", 1, "train", "bad") for i in range(n_train_bad)]
     samples += [Sample(f"/d/c/test/good/{i:03d}.png", 0, "test", "good") for i in range(n_good)]
-    samples += [Sample(f"/d/c/test/crack/{i:03d}.png", 1, "test", "crack", f"/d/c/ground_truth/crack/{i:03d}_mask.png")
-                for i in range(n_bad)]
+    samples += [
+        Sample(f"/d/c/test/crack/{i:03d}.png", 1, "test", "crack", f"/d/c/ground_truth/crack/{i:03d}_mask.png")
+        for i in range(n_bad)
+    ]
     return samples
 
 

@@ -32,8 +32,18 @@ FORMATS = {"md": "md", "csv": "csv", "latex": "tex"}
 MISSING = "–"
 MEAN_COLUMN = "D"
 #: Fields that tell two methods' settings apart when they vary within a sweep (the axis excepted).
-IDENTITY = ("image_size", "weights", "epochs", "contamination", "drift", "validation", "supervised_k", "monitor", "patience",
-            "check_every")
+IDENTITY = (
+    "image_size",
+    "weights",
+    "epochs",
+    "contamination",
+    "drift",
+    "validation",
+    "supervised_k",
+    "monitor",
+    "patience",
+    "check_every",
+)
 AXIS_LABELS: dict[str, Callable[[Any], str]] = {
     "image_size": lambda v: f"Size {v}",
     "contamination": lambda v: f"{round(100 * float(v))}%",
@@ -54,12 +64,26 @@ def runs_frame(results: Sequence[RunResult]) -> pd.DataFrame:
     rows = []
     for r in results:
         s = r.spec
-        rows.append({"run_key": r.run_key, "model": s.model, "dataset": _reported_dataset(s.dataset, s.category),
-                     "category": s.category, "seed": s.seed,
-                     "image_size": s.image_size, "weights": s.weights, "epochs": r.epochs, "variant": s.variant.label(),
-                     **s.variant.model_dump(), **{m: r.metrics.get(m) for m in catalog.METRICS},
-                     "tested_epoch": r.tested_epoch, "fit_s": r.timings.fit_s, "test_s": r.timings.test_s,
-                     "test_images_per_s": r.timings.test_images_per_s, "peak_memory_mb": r.timings.peak_memory_mb})
+        rows.append(
+            {
+                "run_key": r.run_key,
+                "model": s.model,
+                "dataset": _reported_dataset(s.dataset, s.category),
+                "category": s.category,
+                "seed": s.seed,
+                "image_size": s.image_size,
+                "weights": s.weights,
+                "epochs": r.epochs,
+                "variant": s.variant.label(),
+                **s.variant.model_dump(),
+                **{m: r.metrics.get(m) for m in catalog.METRICS},
+                "tested_epoch": r.tested_epoch,
+                "fit_s": r.timings.fit_s,
+                "test_s": r.timings.test_s,
+                "test_images_per_s": r.timings.test_images_per_s,
+                "peak_memory_mb": r.timings.peak_memory_mb,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -107,8 +131,13 @@ def _check(metrics: Sequence[str]) -> None:
             raise one_of("metric", metric, catalog.METRICS)
 
 
-def tables(results: Sequence[RunResult], metrics: Sequence[str], axis: str | None = None,
-           summary_metrics: Sequence[str] | None = None, separate: Sequence[str] = ()) -> dict[str, pd.DataFrame]:
+def tables(
+    results: Sequence[RunResult],
+    metrics: Sequence[str],
+    axis: str | None = None,
+    summary_metrics: Sequence[str] | None = None,
+    separate: Sequence[str] = (),
+) -> dict[str, pd.DataFrame]:
     """The tables of a sweep, shaped by its experiment's axis (``None``: methods x datasets)."""
     if not results:
         raise SpecError("no finished run to aggregate")
@@ -162,8 +191,12 @@ def plots(results: Sequence[RunResult], metrics: Sequence[str], axis: str | None
     frame = _with_methods(runs_frame(results), axis)
     written = []
     for metric in metrics:
-        per_dataset = frame.groupby(["method", axis, "dataset", "category"], sort=False)[metric].mean().groupby(
-            ["method", axis, "dataset"], sort=False).mean()
+        per_dataset = (
+            frame.groupby(["method", axis, "dataset", "category"], sort=False)[metric]
+            .mean()
+            .groupby(["method", axis, "dataset"], sort=False)
+            .mean()
+        )
         curve = per_dataset.groupby(["method", axis], sort=False).mean().dropna()
         if curve.empty:
             continue
@@ -213,5 +246,8 @@ def experiment_shape(experiment: str) -> dict[str, Any]:
     """The axis, summary metrics and separately reported datasets of an experiment's tables."""
     entry = catalog.experiment(experiment)
     axis = next(iter(entry.axes), None)
-    return {"axis": axis if axis in (*Variant.model_fields, "image_size") else None,
-            "summary_metrics": entry.summary_metrics or None, "separate": entry.separate}
+    return {
+        "axis": axis if axis in (*Variant.model_fields, "image_size") else None,
+        "summary_metrics": entry.summary_metrics or None,
+        "separate": entry.separate,
+    }

@@ -56,8 +56,9 @@ def read_baseline(path: Path) -> pd.DataFrame:
         raise SpecError(f"cannot read baseline {str(path)!r}: {err}") from None
     missing = [c for c in (*KEYS, "category") if c not in frame.columns]
     if missing:
-        raise SpecError(f"baseline {str(path)!r} lacks columns {', '.join(missing)}; "
-                        "expected the runs.csv of `viadk8s aggregate --out`")
+        raise SpecError(
+            f"baseline {str(path)!r} lacks columns {', '.join(missing)}; expected the runs.csv of `viadk8s aggregate --out`"
+        )
     return frame
 
 

@@ -113,8 +113,12 @@ class Config(BaseModel):
         return sorted({*catalog.datasets(), *self.datasets})
 
 
-_ENV = {"store": "VIADK8S_STORE", "weights_dir": "VIADK8S_WEIGHTS_DIR", "cache_dir": "VIADK8S_CACHE",
-        "cache_max_gb": "VIADK8S_CACHE_MAX_GB"}
+_ENV = {
+    "store": "VIADK8S_STORE",
+    "weights_dir": "VIADK8S_WEIGHTS_DIR",
+    "cache_dir": "VIADK8S_CACHE",
+    "cache_max_gb": "VIADK8S_CACHE_MAX_GB",
+}
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:

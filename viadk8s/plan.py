@@ -70,7 +70,10 @@ def _datasets(exp: catalog.ExperimentEntry, chosen: Sequence[str] | None, datase
     here = [d for d in exp.datasets if datasets.is_available(d)]
     if here:
         return here
-    notes.append("no paper dataset is configured or mirrored: using the built-in 'synthetic' dataset (--datasets paper selects the paper's)")
+    notes.append(
+        "no paper dataset is configured or mirrored: using the built-in 'synthetic' dataset "
+        "(--datasets paper selects the paper's)"
+    )
     return ["synthetic"]
 
 
@@ -109,8 +112,16 @@ def plan(experiment: str, selection: Selection, config: Config) -> Plan:
                         fields.update(rule.set)
                 top = {k: v for k, v in fields.items() if k in RunSpec.model_fields}
                 variant = Variant(**{k: v for k, v in fields.items() if k not in RunSpec.model_fields})
-                runs.append(RunSpec(sweep=sweep_id, experiment=experiment, weights=selection.weights or "imagenet",
-                                    trainer=trainer, variant=variant, **top))
+                runs.append(
+                    RunSpec(
+                        sweep=sweep_id,
+                        experiment=experiment,
+                        weights=selection.weights or "imagenet",
+                        trainer=trainer,
+                        variant=variant,
+                        **top,
+                    )
+                )
     except ValidationError as err:
         raise SpecError(f"invalid selection: {validation_message(err)}") from None
     if not runs:

@@ -35,7 +35,9 @@ class S3Store:
         self.uri, self.bucket, self.prefix = uri.rstrip("/"), bucket, prefix.strip("/")
         config = BotoConfig(
             retries={"max_attempts": max_attempts, "mode": "standard"},
-            connect_timeout=5, read_timeout=60, s3={"addressing_style": addressing_style},
+            connect_timeout=5,
+            read_timeout=60,
+            s3={"addressing_style": addressing_style},
             max_pool_connections=64,
         )
         self.client: Any = boto3.session.Session().client("s3", config=config)
@@ -51,17 +53,24 @@ class S3Store:
         try:
             yield
         except NoCredentialsError:
-            raise SpecError(f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile") from None
+            raise SpecError(
+                f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile"
+            ) from None
         except ClientError as err:
             code = str(err.response.get("Error", {}).get("Code", ""))
             if code in CREDENTIAL_ERRORS:
-                raise SpecError(f"S3 refused the credentials while trying to {action} {where} ({code}): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
+                raise SpecError(
+                    f"S3 refused the credentials while trying to {action} {where} ({code}): "
+                    "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                ) from None
             if code == "NoSuchBucket":
                 raise SpecError(f"bucket {self.bucket!r} does not exist (store {self.uri})") from None
             raise InfraError(f"S3 error while trying to {action} {where}: {code or err}") from None
         except BotoCoreError as err:
             endpoint = self.client.meta.endpoint_url
-            raise InfraError(f"S3 endpoint {endpoint} unreachable after {self.max_attempts} attempts ({action} {where}): {err}") from None
+            raise InfraError(
+                f"S3 endpoint {endpoint} unreachable after {self.max_attempts} attempts ({action} {where}): {err}"
+            ) from None
 
     def exists(self, key: str) -> bool:
         with self._errors("read", key):

@@ -101,12 +101,22 @@ def _log(result: RunResult, tracking_uri: str, store_uri: str, files: list[Path]
     """Tags, params, metrics and artifacts; re-running a run key updates its MLflow run."""
     spec = result.spec
     client, experiment_id = ensure_experiment(tracking_uri, store_uri, spec.experiment)
-    tags = {"model": spec.model, "dataset": spec.dataset, "category": spec.category, "seed": str(spec.seed),
-            "experiment": spec.experiment, "variant": spec.variant.label() or "default", "run_key": result.run_key,
-            "sweep": spec.sweep, "viadk8s.role": "run", "mlflow.runName": spec.run_name,
-            "mlflow.parentRunId": sweep_run(client, experiment_id, spec.sweep)}
-    run_id, existing = _find_or_create(client, experiment_id, tags,
-                                       f"tags.run_key = '{result.run_key}' and tags.sweep = '{spec.sweep}'")
+    tags = {
+        "model": spec.model,
+        "dataset": spec.dataset,
+        "category": spec.category,
+        "seed": str(spec.seed),
+        "experiment": spec.experiment,
+        "variant": spec.variant.label() or "default",
+        "run_key": result.run_key,
+        "sweep": spec.sweep,
+        "viadk8s.role": "run",
+        "mlflow.runName": spec.run_name,
+        "mlflow.parentRunId": sweep_run(client, experiment_id, spec.sweep),
+    }
+    run_id, existing = _find_or_create(
+        client, experiment_id, tags, f"tags.run_key = '{result.run_key}' and tags.sweep = '{spec.sweep}'"
+    )
     params = {**_flatten(spec.model_dump(mode="json", exclude={"sweep"})), "epochs": str(result.epochs)}
     timings = {f"time_{k}": v for k, v in result.timings.model_dump().items() if isinstance(v, float)}
     metrics = {k: v for k, v in result.metrics.items() if v is not None} | timings

@@ -59,7 +59,12 @@ def run_one(spec: RunSpec, config: Config, config_path: str | None, threads: int
     with log.open("w") as out:
         proc = subprocess.run(
             [sys.executable, "-m", "viadk8s", "worker", "--spec", "-"],
-            input=spec.to_json(), text=True, stdout=out, stderr=subprocess.STDOUT, env=env, check=False,
+            input=spec.to_json(),
+            text=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=False,
         )
     return proc.returncode
 
@@ -81,8 +86,7 @@ def run_plan(plan: Plan, config: Config, config_path: str | None, jobs: int, con
         task = progress.add_task(f"sweep {plan.sweep.sweep_id}", total=len(pending))
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {
-                pool.submit(run_one, spec, config, config_path, threads, logs / f"{spec.run_key}.log"): spec
-                for spec in pending
+                pool.submit(run_one, spec, config, config_path, threads, logs / f"{spec.run_key}.log"): spec for spec in pending
             }
             for future in as_completed(futures):
                 spec, code = futures[future], future.result()
@@ -92,5 +96,7 @@ def run_plan(plan: Plan, config: Config, config_path: str | None, jobs: int, con
                 else:
                     outcome.failed.append(Failure(spec, code, _reason(log), log))
                 progress.advance(task)
-                progress.console.print(f"{'ok  ' if code == 0 else 'FAIL'} {spec.run_name} [{spec.run_key}]", markup=False, highlight=False)
+                progress.console.print(
+                    f"{'ok  ' if code == 0 else 'FAIL'} {spec.run_name} [{spec.run_key}]", markup=False, highlight=False
+                )
     return outcome

@@ -122,9 +122,7 @@ def model(key: str) -> ModelEntry:
         raise one_of("model", key, list(models()))
     if not entry.available:
         ready = [k for k, m in models().items() if m.available]
-        raise SpecError(
-            f"model {key!r} ({entry.name}) is not available yet: {entry.note}; available now: {', '.join(ready)}"
-        )
+        raise SpecError(f"model {key!r} ({entry.name}) is not available yet: {entry.note}; available now: {', '.join(ready)}")
     return entry
 
 

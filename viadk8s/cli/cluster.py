@@ -62,10 +62,20 @@ def _follow(cluster: Any, sweep_id: str | None, interval: float, timeout: float 
 @app.command()
 @friendly
 def render(
-    experiment: Experiment, out: Annotated[Path, typer.Option(help="folder for the manifests, one file per run")],
-    models: Models = None, datasets: Datasets = None, categories: Categories = None, seeds: Seeds = None,
-    image_size: ImageSize = None, weights: Weights = None, epochs: Epochs = None, batch_size: BatchSize = None,
-    sweep: SweepId = None, config: ConfigPath = None, namespace: Namespace = None, image: Image = None,
+    experiment: Experiment,
+    out: Annotated[Path, typer.Option(help="folder for the manifests, one file per run")],
+    models: Models = None,
+    datasets: Datasets = None,
+    categories: Categories = None,
+    seeds: Seeds = None,
+    image_size: ImageSize = None,
+    weights: Weights = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    sweep: SweepId = None,
+    config: ConfigPath = None,
+    namespace: Namespace = None,
+    image: Image = None,
 ) -> None:
     """Write the Kubernetes manifests of an experiment (a ConfigMap and one Job per run); nothing is contacted."""
     from viadk8s.k8s.client import resolve_namespace
@@ -74,12 +84,24 @@ def render(
     from viadk8s.k8s.view import submit_lines
 
     cfg = _cluster_config(config, namespace=namespace, image=image)
-    planned = plan_from_flags(experiment, cfg, models=models, datasets=datasets, categories=categories, seeds=seeds,
-                    image_size=image_size, weights=weights, epochs=epochs, batch_size=batch_size, sweep=sweep)
+    planned = plan_from_flags(
+        experiment,
+        cfg,
+        models=models,
+        datasets=datasets,
+        categories=categories,
+        seeds=seeds,
+        image_size=image_size,
+        weights=weights,
+        epochs=epochs,
+        batch_size=batch_size,
+        sweep=sweep,
+    )
     rendered = render_sweep(planned, cfg, resolve_namespace(cfg.cluster))
     written = rendered.write(out)
-    console.print(f"wrote {len(written)} manifests ({len(rendered.jobs)} Jobs + ConfigMap) to {out}",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {len(written)} manifests ({len(rendered.jobs)} Jobs + ConfigMap) to {out}", highlight=False, soft_wrap=True
+    )
     report = SubmitReport(planned.sweep.sweep_id, rendered.namespace, "client", not_runnable=rendered.not_runnable)
     for line in submit_lines(report)[1:]:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -88,10 +110,21 @@ def render(
 @app.command()
 @friendly
 def submit(
-    experiment: Experiment, models: Models = None, datasets: Datasets = None, categories: Categories = None,
-    seeds: Seeds = None, image_size: ImageSize = None, weights: Weights = None, epochs: Epochs = None,
-    batch_size: BatchSize = None, sweep: SweepId = None, store: Store = None, config: ConfigPath = None,
-    namespace: Namespace = None, context: Context = None, image: Image = None,
+    experiment: Experiment,
+    models: Models = None,
+    datasets: Datasets = None,
+    categories: Categories = None,
+    seeds: Seeds = None,
+    image_size: ImageSize = None,
+    weights: Weights = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    sweep: SweepId = None,
+    store: Store = None,
+    config: ConfigPath = None,
+    namespace: Namespace = None,
+    context: Context = None,
+    image: Image = None,
     dry_run: DryRun = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until every Job has finished; exit 1 if one failed")] = False,
     timeout: Annotated[float | None, typer.Option(help="with --wait: give up after this many seconds")] = None,
@@ -107,8 +140,19 @@ def submit(
     if wait and dry_run:
         raise SpecError("--wait needs a real submission: drop --dry-run")
     cfg = _cluster_config(config, store=store, namespace=namespace, context=context, image=image)
-    planned = plan_from_flags(experiment, cfg, models=models, datasets=datasets, categories=categories, seeds=seeds,
-                    image_size=image_size, weights=weights, epochs=epochs, batch_size=batch_size, sweep=sweep)
+    planned = plan_from_flags(
+        experiment,
+        cfg,
+        models=models,
+        datasets=datasets,
+        categories=categories,
+        seeds=seeds,
+        image_size=image_size,
+        weights=weights,
+        epochs=epochs,
+        batch_size=batch_size,
+        sweep=sweep,
+    )
     for note in planned.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     cluster = None if dry_run == "client" else connect(cfg.cluster)
@@ -125,7 +169,9 @@ def submit(
 @friendly
 def status(
     sweep: Annotated[str | None, typer.Option("--sweep", help="only this sweep (default: every sweep in the namespace)")] = None,
-    namespace: Namespace = None, context: Context = None, config: ConfigPath = None,
+    namespace: Namespace = None,
+    context: Context = None,
+    config: ConfigPath = None,
     watch: Annotated[bool, typer.Option("--watch", help="refresh until every Job has finished")] = False,
     interval: Annotated[float, typer.Option(min=1, help="with --watch: seconds between refreshes")] = 10,
 ) -> None:
@@ -146,7 +192,9 @@ def status(
 def logs(
     run_key: Annotated[str, typer.Argument(help="the run key shown by `viadk8s plan` or `viadk8s status`")],
     sweep: Annotated[str | None, typer.Option("--sweep", help="the run's sweep, if the key is in several")] = None,
-    namespace: Namespace = None, context: Context = None, config: ConfigPath = None,
+    namespace: Namespace = None,
+    context: Context = None,
+    config: ConfigPath = None,
     tail: Annotated[int | None, typer.Option(min=1, help="only the last N lines")] = None,
 ) -> None:
     """Print the worker log of a run's newest pod."""
@@ -163,7 +211,9 @@ def logs(
 @friendly
 def cancel(
     sweep: Annotated[str, typer.Option("--sweep", help="the sweep whose Jobs are deleted")],
-    namespace: Namespace = None, context: Context = None, config: ConfigPath = None,
+    namespace: Namespace = None,
+    context: Context = None,
+    config: ConfigPath = None,
 ) -> None:
     """Delete a sweep's Jobs and their pods (results already in the store stay)."""
     from viadk8s.k8s import jobs

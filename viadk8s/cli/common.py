@@ -46,9 +46,13 @@ def int_list(value: str | None, flag: str) -> list[int] | None:
         raise SpecError(f"bad {flag} {value!r}; allowed: comma-separated integers") from None
 
 
-Experiment = Annotated[str, typer.Option("--experiment", "-e", help="evaluation, input_size, validation, noisy_labels, data_drift, supervised")]
+Experiment = Annotated[
+    str, typer.Option("--experiment", "-e", help="evaluation, input_size, validation, noisy_labels, data_drift, supervised")
+]
 Models = Annotated[str | None, typer.Option(help="comma-separated model keys (default: the experiment's)")]
-Datasets = Annotated[str | None, typer.Option(help="comma-separated dataset keys, or 'paper' (default: configured ones, else synthetic)")]
+Datasets = Annotated[
+    str | None, typer.Option(help="comma-separated dataset keys, or 'paper' (default: configured ones, else synthetic)")
+]
 Categories = Annotated[str | None, typer.Option(help="comma-separated categories")]
 Seeds = Annotated[str | None, typer.Option(help="comma-separated seeds (default: the experiment's)")]
 ImageSize = Annotated[str | None, typer.Option(help="input size(s) in pixels, comma-separated (overrides the experiment's)")]
@@ -60,7 +64,6 @@ Store = Annotated[str | None, typer.Option(help="file://DIR or DIR (default ./vi
 ConfigPath = Annotated[str | None, typer.Option("--config", help="viadk8s.yaml (default $VIADK8S_CONFIG or ./viadk8s.yaml)")]
 
 
-
 def plan_from_flags(experiment: str, config: Config, **chosen: Any) -> Plan:
     """The sweep of the selection flags shared by plan, run, render and submit."""
     from viadk8s.plan import Selection, plan
@@ -68,9 +71,14 @@ def plan_from_flags(experiment: str, config: Config, **chosen: Any) -> Plan:
     if chosen["weights"] not in (None, "imagenet", "random"):
         raise one_of("weights", chosen["weights"], ["imagenet", "random"])
     selection = Selection(
-        models=split_list(chosen["models"]), datasets=split_list(chosen["datasets"]),
-        categories=split_list(chosen["categories"]), seeds=int_list(chosen["seeds"], "--seeds"),
-        image_sizes=int_list(chosen["image_size"], "--image-size"), weights=chosen["weights"],
-        max_epochs=chosen["epochs"], batch_size=chosen["batch_size"], sweep=chosen["sweep"],
+        models=split_list(chosen["models"]),
+        datasets=split_list(chosen["datasets"]),
+        categories=split_list(chosen["categories"]),
+        seeds=int_list(chosen["seeds"], "--seeds"),
+        image_sizes=int_list(chosen["image_size"], "--image-size"),
+        weights=chosen["weights"],
+        max_epochs=chosen["epochs"],
+        batch_size=chosen["batch_size"],
+        sweep=chosen["sweep"],
     )
     return plan(experiment, selection, config)

@@ -25,7 +25,8 @@ app.add_typer(mlflow_app, name="mlflow")
 def datasets_upload(
     name: Annotated[str, typer.Argument(help="dataset key, e.g. btad or your own name")],
     source: Annotated[Path, typer.Option("--from", help="MVTec-layout folder: one sub-folder per category")],
-    store: Store = None, config: ConfigPath = None,
+    store: Store = None,
+    config: ConfigPath = None,
     compress: Annotated[bool, typer.Option(help="gzip the archives (smaller, slower to stage)")] = False,
 ) -> None:
     """Mirror a dataset once: one archive per category, then a manifest with sha256 and sizes."""
@@ -37,8 +38,11 @@ def datasets_upload(
         raise SpecError(f"dataset name {name!r} not allowed; allowed: 1-40 lowercase letters, digits or '-'")
     target = load_config(config, store=store).open_store()
     manifest = upload_dataset(target, name, source, compress)
-    console.print(f"{name}: {len(manifest.categories)} categories, {manifest.total_bytes / 2**20:.1f} MB, masks {manifest.masks}, "
-                  f"in {target.uri}/datasets/{name}", highlight=False)
+    console.print(
+        f"{name}: {len(manifest.categories)} categories, {manifest.total_bytes / 2**20:.1f} MB, masks {manifest.masks}, "
+        f"in {target.uri}/datasets/{name}",
+        highlight=False,
+    )
 
 
 @datasets_app.command("list")
@@ -57,7 +61,11 @@ def datasets_list(store: Store = None, config: ConfigPath = None) -> None:
     for key in sorted({*cfg.dataset_keys(), *mirrored}):
         manifest = read_manifest(target, key) if key in mirrored else None
         entry = cfg.dataset(key) if key in cfg.dataset_keys() else None
-        source = "generated" if entry and entry.synthetic else (entry.path if entry and entry.path else "catalog" if entry else "store")
+        source = (
+            "generated"
+            if entry and entry.synthetic
+            else (entry.path if entry and entry.path else "catalog" if entry else "store")
+        )
         count = len(manifest.categories) if manifest else len(entry.categories) if entry else 0
         size = f"{manifest.total_bytes / 2**20:.1f}" if manifest else ""
         table.add_row(key, str(source), str(count), "yes" if manifest else "no", size)
@@ -75,6 +83,7 @@ def datasets_verify(name: str, store: Store = None, config: ConfigPath = None) -
     if problems:
         raise SpecError(f"dataset {name!r} failed verification: " + "; ".join(problems))
     console.print(f"{name}: every archive matches its manifest", highlight=False)
+
 
 @datasets_app.command("convert")
 @friendly
@@ -98,7 +107,8 @@ def drift_preview(
     out: Annotated[Path, typer.Option(help="the PNG to write")],
     n: Annotated[int, typer.Option("-n", min=1, max=64, help="test images to show")] = 8,
     seed: Annotated[int, typer.Option(help="drift seed (a run uses its own seed)")] = 3341,
-    store: Store = None, config: ConfigPath = None,
+    store: Store = None,
+    config: ConfigPath = None,
 ) -> None:
     """Originals beside drifted versions (the paper's Fig. 5)."""
     from viadk8s.config import load_config

@@ -41,16 +41,35 @@ if TYPE_CHECKING:
 @app.command("plan")
 @friendly
 def plan_command(
-    experiment: Experiment, models: Models = None, datasets: Datasets = None, categories: Categories = None,
-    seeds: Seeds = None, image_size: ImageSize = None, weights: Weights = None, epochs: Epochs = None,
-    batch_size: BatchSize = None, sweep: SweepId = None, config: ConfigPath = None,
+    experiment: Experiment,
+    models: Models = None,
+    datasets: Datasets = None,
+    categories: Categories = None,
+    seeds: Seeds = None,
+    image_size: ImageSize = None,
+    weights: Weights = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    sweep: SweepId = None,
+    config: ConfigPath = None,
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """Expand an experiment into its runs (nothing is executed or written)."""
     from viadk8s.config import load_config
 
-    result = plan_from_flags(experiment, load_config(config), models=models, datasets=datasets, categories=categories,
-                   seeds=seeds, image_size=image_size, weights=weights, epochs=epochs, batch_size=batch_size, sweep=sweep)
+    result = plan_from_flags(
+        experiment,
+        load_config(config),
+        models=models,
+        datasets=datasets,
+        categories=categories,
+        seeds=seeds,
+        image_size=image_size,
+        weights=weights,
+        epochs=epochs,
+        batch_size=batch_size,
+        sweep=sweep,
+    )
     if format == "json":
         sys.stdout.write(result.sweep.model_dump_json(indent=2) + "\n")
         return
@@ -70,9 +89,18 @@ def plan_command(
 @app.command()
 @friendly
 def run(
-    experiment: Experiment, models: Models = None, datasets: Datasets = None, categories: Categories = None,
-    seeds: Seeds = None, image_size: ImageSize = None, weights: Weights = None, epochs: Epochs = None,
-    batch_size: BatchSize = None, sweep: SweepId = None, store: Store = None, config: ConfigPath = None,
+    experiment: Experiment,
+    models: Models = None,
+    datasets: Datasets = None,
+    categories: Categories = None,
+    seeds: Seeds = None,
+    image_size: ImageSize = None,
+    weights: Weights = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    sweep: SweepId = None,
+    store: Store = None,
+    config: ConfigPath = None,
     jobs: Annotated[int, typer.Option(min=1, help="runs at a time")] = 1,
 ) -> None:
     """Run an experiment on this machine; finished runs are skipped (run again to resume)."""
@@ -80,16 +108,27 @@ def run(
     from viadk8s.config import load_config
 
     cfg = load_config(config, store=store)
-    planned = plan_from_flags(experiment, cfg, models=models, datasets=datasets, categories=categories, seeds=seeds,
-                    image_size=image_size, weights=weights, epochs=epochs, batch_size=batch_size, sweep=sweep)
+    planned = plan_from_flags(
+        experiment,
+        cfg,
+        models=models,
+        datasets=datasets,
+        categories=categories,
+        seeds=seeds,
+        image_size=image_size,
+        weights=weights,
+        epochs=epochs,
+        batch_size=batch_size,
+        sweep=sweep,
+    )
     for note in planned.notes:
         console.print(f"note: {note}")
     outcome = run_plan(planned, cfg, config, jobs, console)
     console.print(f"{len(outcome.done)} done, {len(outcome.skipped)} skipped (already finished), {len(outcome.failed)} failed")
     _print_summary(cfg, planned.sweep.sweep_id, experiment)
     for failure in outcome.failed:
-        console.print(f"[red]failed[/red] {escape(f'{failure.spec.run_name} [{failure.spec.run_key}] exit {failure.exit_code}: {failure.reason}')}",
-                      highlight=False)
+        what = f"{failure.spec.run_name} [{failure.spec.run_key}] exit {failure.exit_code}: {failure.reason}"
+        console.print(f"[red]failed[/red] {escape(what)}", highlight=False)
         console.print(f"       log: {failure.log}", highlight=False)
     if outcome.failed:
         raise typer.Exit(1)
@@ -109,7 +148,8 @@ def _print_summary(config: Config, sweep_id: str, experiment: str) -> None:
 @friendly
 def worker(
     spec: Annotated[str, typer.Option("--spec", help="a run spec JSON file, or - for standard input")],
-    store: Store = None, config: ConfigPath = None,
+    store: Store = None,
+    config: ConfigPath = None,
 ) -> None:
     """Execute one run exactly as a Kubernetes pod does. Exit 0 done, 2 invalid input, 3 infrastructure."""
     from viadk8s.worker import main
@@ -130,7 +170,8 @@ def _read(path: str) -> str:
 def aggregate(
     sweep: SweepId = None,
     experiment: Annotated[str | None, typer.Option("--experiment", "-e", help="all sweeps of an experiment")] = None,
-    store: Store = None, config: ConfigPath = None,
+    store: Store = None,
+    config: ConfigPath = None,
     format: Annotated[str, typer.Option("--format", help="md, csv or latex")] = "md",
     out: Annotated[Path | None, typer.Option(help="write the tables, plots and runs.csv into this folder")] = None,
     metrics: Annotated[str | None, typer.Option(help="comma-separated metrics (default: the experiment's)")] = None,

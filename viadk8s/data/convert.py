@@ -212,8 +212,10 @@ def _realiad_by_rule(root: Path) -> list[Item]:
     to_test = {samples[i] for i in order[:n_test]}
     items = [Item("test" if s in to_test else "train", "good", p.name, p) for s in samples for p in _top_view(s)]
     for sample in (s for d in _subfolders(root / "NG") for s in _subfolders(d)):
-        items += [Item("test", MERGED_DEFECT, p.name, p, _first_file(p.with_suffix(".png"), p.with_name(f"{p.stem}_mask.png")))
-                  for p in _top_view(sample)]
+        items += [
+            Item("test", MERGED_DEFECT, p.name, p, _first_file(p.with_suffix(".png"), p.with_name(f"{p.stem}_mask.png")))
+            for p in _top_view(sample)
+        ]
     return items
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import tarfile
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -94,11 +94,15 @@ def upload_dataset(store: Store, name: str, source: Path, compress: bool = False
             digest = sha256_file(local)
             key = f"datasets/{name}/{category}-{digest[:12]}{suffix}"
             store.upload(key, local)
-            archives[category] = Archive(key=key, sha256=digest, bytes=local.stat().st_size, files=files,
-                                         compression="gzip" if compress else "none")
-    manifest = Manifest(name=name, masks=masks if not existing or existing.masks == masks else "image",
-                        categories=dict(sorted(archives.items())),
-                        updated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            archives[category] = Archive(
+                key=key, sha256=digest, bytes=local.stat().st_size, files=files, compression="gzip" if compress else "none"
+            )
+    manifest = Manifest(
+        name=name,
+        masks=masks if not existing or existing.masks == masks else "image",
+        categories=dict(sorted(archives.items())),
+        updated=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     store.write_bytes(manifest_key(name), manifest.model_dump_json(indent=2).encode())
     return manifest
 
@@ -107,7 +111,9 @@ def verify_dataset(store: Store, name: str) -> list[str]:
     """Download every archive and check it against the manifest; returns the problems found."""
     manifest = read_manifest(store, name)
     if manifest is None:
-        raise SpecError(f"dataset {name!r} is not mirrored in {store.uri}; mirror it with 'viadk8s datasets upload {name} --from DIR'")
+        raise SpecError(
+            f"dataset {name!r} is not mirrored in {store.uri}; mirror it with 'viadk8s datasets upload {name} --from DIR'"
+        )
     problems = []
     with tempfile.TemporaryDirectory(prefix="viadk8s-verify-") as work:
         for category, archive in manifest.categories.items():

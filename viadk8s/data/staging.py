@@ -64,7 +64,9 @@ def evict(cache: Path, need: int, max_bytes: int) -> None:
         finally:
             os.close(fd)
     if total + need > max_bytes:
-        log.warning("cache: %d MB needed, cap %d MB, everything else is in use; staging anyway", need // 2**20, max_bytes // 2**20)
+        log.warning(
+            "cache: %d MB needed, cap %d MB, everything else is in use; staging anyway", need // 2**20, max_bytes // 2**20
+        )
 
 
 def stage(store: Store, manifest: Manifest, category: str, cache: Path, max_bytes: int | None = None) -> tuple[Path, bool]:
@@ -101,8 +103,10 @@ def _download_and_extract(store: Store, key: str, sha256: str, entry: Path) -> N
         store.download(key, download)
         digest = sha256_file(download)
         if digest != sha256:
-            raise SpecError(f"archive {store.uri}/{key} is corrupt: sha256 {digest[:12]}… does not match the manifest's "
-                            f"{sha256[:12]}…; removed from the cache, re-upload it with 'viadk8s datasets upload'")
+            raise SpecError(
+                f"archive {store.uri}/{key} is corrupt: sha256 {digest[:12]}… does not match the manifest's "
+                f"{sha256[:12]}…; removed from the cache, re-upload it with 'viadk8s datasets upload'"
+            )
         with tarfile.open(download) as tar:
             tar.extractall(extract, filter="data")  # refuses absolute paths, '..' and links out of the folder
         (extract / SIZE).write_text(str(sum(p.stat().st_size for p in extract.rglob("*") if p.is_file())))

@@ -144,8 +144,9 @@ def connect(settings: ClusterSettings) -> Cluster:
     try:
         if paths:
             _context(settings, paths)  # an unknown --context names the known ones
-            config.load_kube_config(config_file=_joined(paths), context=settings.context,
-                                    client_configuration=configuration, persist_config=False)
+            config.load_kube_config(
+                config_file=_joined(paths), context=settings.context, client_configuration=configuration, persist_config=False
+            )
         elif _in_cluster():
             config.load_incluster_config(client_configuration=configuration)
         else:

@@ -58,15 +58,29 @@ class SubmitReport:
 def _apply_config_map(cluster: Cluster, rendered: RenderedSweep, dry_run: str | None) -> None:
     """Create the sweep's ConfigMap, or update it so a resubmission carries the current config."""
     manifest = rendered.config_map
-    if not cluster.attempt(409, f"create ConfigMap {manifest.name}", cluster.core.create_namespaced_config_map,
-                           cluster.namespace, manifest.body, dry_run=dry_run):
-        cluster.call(f"update ConfigMap {manifest.name}", cluster.core.patch_namespaced_config_map, manifest.name,
-                     cluster.namespace, manifest.body, dry_run=dry_run, _content_type="application/merge-patch+json")
+    if not cluster.attempt(
+        409,
+        f"create ConfigMap {manifest.name}",
+        cluster.core.create_namespaced_config_map,
+        cluster.namespace,
+        manifest.body,
+        dry_run=dry_run,
+    ):
+        cluster.call(
+            f"update ConfigMap {manifest.name}",
+            cluster.core.patch_namespaced_config_map,
+            manifest.name,
+            cluster.namespace,
+            manifest.body,
+            dry_run=dry_run,
+            _content_type="application/merge-patch+json",
+        )
 
 
 def existing_jobs(cluster: Cluster, sweep_id: str | None) -> list[client.V1Job]:
-    return cluster.call("list Jobs", cluster.batch.list_namespaced_job, cluster.namespace,
-                        label_selector=sweep_selector(sweep_id)).items
+    return cluster.call(
+        "list Jobs", cluster.batch.list_namespaced_job, cluster.namespace, label_selector=sweep_selector(sweep_id)
+    ).items
 
 
 def submit(planned: Plan, config: Config, cluster: Cluster | None, dry_run: DryRun | None = None) -> SubmitReport:
@@ -88,8 +102,9 @@ def submit(planned: Plan, config: Config, cluster: Cluster | None, dry_run: DryR
     pending = [job for job, done in zip(rendered.jobs, finished, strict=True) if not done]
     report.done = [job.spec.run_key for job, done in zip(rendered.jobs, finished, strict=True) if done]
     if config.store_uri.startswith("file://"):
-        report.notes.append(f"the store {config.store_uri} is a folder on this machine: pods cannot write there; "
-                            "use an s3:// store on a cluster")
+        report.notes.append(
+            f"the store {config.store_uri} is a folder on this machine: pods cannot write there; use an s3:// store on a cluster"
+        )
     if cluster is None:
         report.created = [job.name for job in pending]
         report.notes.append("client dry run: Jobs already on the cluster were not checked")
@@ -101,7 +116,8 @@ def submit(planned: Plan, config: Config, cluster: Cluster | None, dry_run: DryR
     _apply_config_map(cluster, rendered, server_dry_run)
     for job in pending:
         created = job.name not in present and cluster.attempt(
-            409, f"create Job {job.name}", cluster.batch.create_namespaced_job, namespace, job.body, dry_run=server_dry_run)
+            409, f"create Job {job.name}", cluster.batch.create_namespaced_job, namespace, job.body, dry_run=server_dry_run
+        )
         (report.created if created else report.existing).append(job.name)
     return report
 
@@ -186,8 +202,9 @@ def job_state(job: client.V1Job, pods: list[client.V1Pod]) -> tuple[State, str]:
 def sweep_status(cluster: Cluster, sweep_id: str | None = None) -> SweepStatus:
     """Every worker Job of one sweep (or of all sweeps) in the namespace."""
     jobs = existing_jobs(cluster, sweep_id)
-    pods = cluster.call("list pods", cluster.core.list_namespaced_pod, cluster.namespace,
-                        label_selector=sweep_selector(sweep_id)).items
+    pods = cluster.call(
+        "list pods", cluster.core.list_namespaced_pod, cluster.namespace, label_selector=sweep_selector(sweep_id)
+    ).items
     by_job: dict[tuple[str, str], list[client.V1Pod]] = {}
     for pod in pods:
         labels = pod.metadata.labels or {}
@@ -197,13 +214,27 @@ def sweep_status(cluster: Cluster, sweep_id: str | None = None) -> SweepStatus:
         labels = job.metadata.labels or {}
         key = (labels.get(f"{LABEL_PREFIX}sweep", ""), labels.get(f"{LABEL_PREFIX}run-key", ""))
         state, reason = job_state(job, by_job.get(key, []))
-        runs.append(RunStatus(sweep=key[0], run_key=key[1], job=job.metadata.name, model=labels.get(f"{LABEL_PREFIX}model", ""),
-                              dataset=labels.get(f"{LABEL_PREFIX}dataset", ""), state=state, reason=reason))
+        runs.append(
+            RunStatus(
+                sweep=key[0],
+                run_key=key[1],
+                job=job.metadata.name,
+                model=labels.get(f"{LABEL_PREFIX}model", ""),
+                dataset=labels.get(f"{LABEL_PREFIX}dataset", ""),
+                state=state,
+                reason=reason,
+            )
+        )
     return SweepStatus(cluster.namespace, runs)
 
 
-def wait(cluster: Cluster, sweep_id: str | None, on_update: Callable[[SweepStatus], None],
-         interval: float = 15.0, timeout: float | None = None) -> SweepStatus:
+def wait(
+    cluster: Cluster,
+    sweep_id: str | None,
+    on_update: Callable[[SweepStatus], None],
+    interval: float = 15.0,
+    timeout: float | None = None,
+) -> SweepStatus:
     """Poll until every Job of the sweep (of all sweeps: None) has succeeded or failed."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -213,8 +244,9 @@ def wait(cluster: Cluster, sweep_id: str | None, on_update: Callable[[SweepStatu
             return status
         if deadline is not None and time.monotonic() >= deadline:
             counts = status.counts()
-            raise InfraError(f"sweep {sweep_id or '(all)'}: {counts['pending']} pending and {counts['running']} running "
-                             f"after {timeout:.0f} s")
+            raise InfraError(
+                f"sweep {sweep_id or '(all)'}: {counts['pending']} pending and {counts['running']} running after {timeout:.0f} s"
+            )
         time.sleep(interval)
 
 
@@ -225,12 +257,20 @@ def run_logs(cluster: Cluster, run_key: str, sweep_id: str | None = None, tail: 
     selector = f"{sweep_selector(sweep_id)},{LABEL_PREFIX}run-key={run_key}"
     pods = cluster.call("list pods", cluster.core.list_namespaced_pod, cluster.namespace, label_selector=selector).items
     if not pods:
-        raise SpecError(f"no pod of run {run_key} in namespace {cluster.namespace!r} "
-                        "(not started, or its Job was deleted after ttl_seconds_after_finished)")
+        raise SpecError(
+            f"no pod of run {run_key} in namespace {cluster.namespace!r} "
+            "(not started, or its Job was deleted after ttl_seconds_after_finished)"
+        )
     pod = max(pods, key=_created)
     name = pod.metadata.name
-    text = cluster.call(f"read the log of pod {name}", cluster.core.read_namespaced_pod_log, name, cluster.namespace,
-                        container="worker", tail_lines=tail)
+    text = cluster.call(
+        f"read the log of pod {name}",
+        cluster.core.read_namespaced_pod_log,
+        name,
+        cluster.namespace,
+        container="worker",
+        tail_lines=tail,
+    )
     return name, text
 
 
@@ -241,6 +281,7 @@ def cancel(cluster: Cluster, sweep_id: str) -> list[str]:
     for name in names:
         cluster.attempt(404, f"delete Job {name}", cluster.batch.delete_namespaced_job, name, cluster.namespace, body=options)
     config_map = config_map_name(sweep_id)
-    cluster.attempt(404, f"delete ConfigMap {config_map}", cluster.core.delete_namespaced_config_map,
-                    config_map, cluster.namespace)
+    cluster.attempt(
+        404, f"delete ConfigMap {config_map}", cluster.core.delete_namespaced_config_map, config_map, cluster.namespace
+    )
     return names

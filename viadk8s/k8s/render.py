@@ -223,23 +223,49 @@ def render_job(spec: RunSpec, settings: ClusterSettings, namespace: str) -> JobM
     env = pod_environment(settings)
     tolerations = [t.manifest() for t in settings.scheduling.tolerations]
     command = ["viadk8s", "worker", "--spec", f"{PATHS['spec_dir']}/{PATHS['spec_file']}"]
-    text = environment().get_template("job.yaml.j2").render(
-        name=name, namespace=namespace, spec=spec, spec_json=spec_json, s=settings, job_labels=job_labels,
-        pod_labels=labels, env=env, tolerations=tolerations, command=command, paths=PATHS,
-        config_map=config_map_name(spec.sweep), uid=UID, exit_invalid=EXIT_INVALID,
+    text = (
+        environment()
+        .get_template("job.yaml.j2")
+        .render(
+            name=name,
+            namespace=namespace,
+            spec=spec,
+            spec_json=spec_json,
+            s=settings,
+            job_labels=job_labels,
+            pod_labels=labels,
+            env=env,
+            tolerations=tolerations,
+            command=command,
+            paths=PATHS,
+            config_map=config_map_name(spec.sweep),
+            uid=UID,
+            exit_invalid=EXIT_INVALID,
+        )
     )
     what = f"Job {name}"
     body = _parse(text, what)
     pod = "spec.template.spec"
     container = f"{pod}.containers.0"
-    _check(body, what, [
-        ("apiVersion", "batch/v1"), ("kind", "Job"), ("metadata.name", name), ("metadata.namespace", namespace),
-        ("metadata.labels", job_labels), ("metadata.annotations", {"viadk8s.io/run-name": spec.run_name}),
-        ("spec.template.metadata.labels", labels), ("spec.template.metadata.annotations", {SPEC_ANNOTATION: spec_json}),
-        (f"{pod}.nodeSelector", settings.scheduling.node_selector or None),
-        (f"{pod}.tolerations", tolerations or None), (f"{pod}.affinity", settings.scheduling.affinity or None),
-        (f"{container}.image", settings.image), (f"{container}.command", command),
-    ])
+    _check(
+        body,
+        what,
+        [
+            ("apiVersion", "batch/v1"),
+            ("kind", "Job"),
+            ("metadata.name", name),
+            ("metadata.namespace", namespace),
+            ("metadata.labels", job_labels),
+            ("metadata.annotations", {"viadk8s.io/run-name": spec.run_name}),
+            ("spec.template.metadata.labels", labels),
+            ("spec.template.metadata.annotations", {SPEC_ANNOTATION: spec_json}),
+            (f"{pod}.nodeSelector", settings.scheduling.node_selector or None),
+            (f"{pod}.tolerations", tolerations or None),
+            (f"{pod}.affinity", settings.scheduling.affinity or None),
+            (f"{container}.image", settings.image),
+            (f"{container}.command", command),
+        ],
+    )
     rendered_env = {e["name"]: e.get("value") for e in body["spec"]["template"]["spec"]["containers"][0]["env"]}
     if {k: v for k, v in rendered_env.items() if k in env} != env:
         raise RenderError(f"{what}: the container environment changed in rendering")
@@ -251,14 +277,30 @@ def render_config_map(config: Config, sweep_id: str, experiment: str, namespace:
     name = config_map_name(sweep_id)
     labels = sweep_labels(sweep_id, experiment)
     config_text = yaml.safe_dump(pod_config(config), sort_keys=True)
-    text = environment().get_template("configmap.yaml.j2").render(
-        name=name, namespace=namespace, labels=labels, config_text=config_text,
+    text = (
+        environment()
+        .get_template("configmap.yaml.j2")
+        .render(
+            name=name,
+            namespace=namespace,
+            labels=labels,
+            config_text=config_text,
+        )
     )
     what = f"ConfigMap {name}"
     body = _parse(text, what)
-    _check(body, what, [("apiVersion", "v1"), ("kind", "ConfigMap"), ("metadata.name", name),
-                        ("metadata.namespace", namespace), ("metadata.labels", labels),
-                        ("data", {"viadk8s.yaml": config_text})])
+    _check(
+        body,
+        what,
+        [
+            ("apiVersion", "v1"),
+            ("kind", "ConfigMap"),
+            ("metadata.name", name),
+            ("metadata.namespace", namespace),
+            ("metadata.labels", labels),
+            ("data", {"viadk8s.yaml": config_text}),
+        ],
+    )
     return Manifest(kind="ConfigMap", name=name, text=text, body=body)
 
 

@@ -17,8 +17,10 @@ ORDER = {"failed": 0, "running": 1, "pending": 2, "succeeded": 3}
 def submit_lines(report: SubmitReport) -> list[str]:
     """The outcome of a submission, one fact per line."""
     verb = {None: "created", "server": "accepted by the API server (server dry run)", "client": "to create (client dry run)"}
-    lines = [f"sweep {report.sweep_id} in namespace {report.namespace}: {len(report.created)} Jobs {verb[report.dry_run]}, "
-             f"{len(report.existing)} already there, {len(report.done)} runs already finished (skipped)"]
+    lines = [
+        f"sweep {report.sweep_id} in namespace {report.namespace}: {len(report.created)} Jobs {verb[report.dry_run]}, "
+        f"{len(report.existing)} already there, {len(report.done)} runs already finished (skipped)"
+    ]
     if report.not_runnable:
         models = sorted({r.model for r in report.not_runnable})
         lines.append(f"{len(report.not_runnable)} planned runs are not Jobs: models not in anomalib yet: {', '.join(models)}")

@@ -34,8 +34,10 @@ def main(spec_text: str, config_path: str | None = None, store: str | None = Non
         from viadk8s.worker.execute import execute  # heavy imports, after the environment is set
 
         result = execute(spec, config, target)
-        print(f"{spec.run_name} [{spec.run_key}]: done in {result.timings.fit_s + result.timings.test_s:.1f} s, "
-              f"stored at {target.uri}/{run_prefix(spec)}")
+        print(
+            f"{spec.run_name} [{spec.run_key}]: done in {result.timings.fit_s + result.timings.test_s:.1f} s, "
+            f"stored at {target.uri}/{run_prefix(spec)}"
+        )
         return 0
     except Viadk8sError as err:
         print(f"error: {err}", file=sys.stderr)

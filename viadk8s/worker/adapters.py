@@ -101,9 +101,13 @@ def quirks_fixed(entry: ModelEntry, pretrained: bool) -> Iterator[None]:
             from anomalib.models.image.supersimplenet import anomaly_generator
             from anomalib.models.image.supersimplenet import torch_model as ssn
 
-            stack.enter_context(_patched(anomaly_generator, "generate_perlin_noise", _capped_perlin(anomaly_generator.generate_perlin_noise)))
+            stack.enter_context(
+                _patched(anomaly_generator, "generate_perlin_noise", _capped_perlin(anomaly_generator.generate_perlin_noise))
+            )
             if not pretrained:
-                stack.enter_context(_patched(ssn, "TimmFeatureExtractor", functools.partial(TimmFeatureExtractor, pre_trained=False)))
+                stack.enter_context(
+                    _patched(ssn, "TimmFeatureExtractor", functools.partial(TimmFeatureExtractor, pre_trained=False))
+                )
         yield
 
 

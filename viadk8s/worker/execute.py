@@ -58,16 +58,32 @@ def _result(spec: RunSpec, prepared: Prepared, pixel: bool, outcome: Outcome, de
     test = prepared.split("test")
     peak, kind = _peak_memory(device)
     return RunResult(
-        run_key=spec.run_key, spec=spec, epochs=spec.epochs, epochs_run=outcome.epochs_run, tested_epoch=outcome.tested_epoch,
+        run_key=spec.run_key,
+        spec=spec,
+        epochs=spec.epochs,
+        epochs_run=outcome.epochs_run,
+        tested_epoch=outcome.tested_epoch,
         validation_history=outcome.validation,
         metrics={m: (outcome.metrics.get(m) if pixel or m.startswith("image_") else None) for m in METRICS},
         device=torch.cuda.get_device_name() if device == "gpu" else f"cpu ({os.cpu_count()} cores)",
-        timings=Timings(fit_s=round(outcome.fit_s, 3), test_s=round(outcome.test_s, 3), memory_kind=kind,
-                        test_images_per_s=round(len(outcome.scores) / outcome.test_s, 2), peak_memory_mb=round(peak, 1)),
-        data=DataSummary(n_train=len(prepared.split("train")), n_val=len(prepared.split("val")),
-                         n_test_good=sum(s.label == 0 for s in test), n_test_bad=sum(s.label == 1 for s in test),
-                         pixel_masks=pixel, changes=prepared.record),
-        versions=_versions(), notes=notes, finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        timings=Timings(
+            fit_s=round(outcome.fit_s, 3),
+            test_s=round(outcome.test_s, 3),
+            memory_kind=kind,
+            test_images_per_s=round(len(outcome.scores) / outcome.test_s, 2),
+            peak_memory_mb=round(peak, 1),
+        ),
+        data=DataSummary(
+            n_train=len(prepared.split("train")),
+            n_val=len(prepared.split("val")),
+            n_test_good=sum(s.label == 0 for s in test),
+            n_test_bad=sum(s.label == 1 for s in test),
+            pixel_masks=pixel,
+            changes=prepared.record,
+        ),
+        versions=_versions(),
+        notes=notes,
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 
@@ -87,8 +103,9 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
         pixel = masks_known and has_pixel_masks(prepared.split("test"))
         monitor = spec.variant.monitor if spec.variant.validation != "last_epoch" else None
         seed_everything(spec.seed, workers=True, verbose=False)
-        data = SamplesDataModule(f"{spec.dataset}-{spec.category}", prepared.samples, prepared.labelled_train,
-                                 spec.trainer.batch_size, spec.seed)
+        data = SamplesDataModule(
+            f"{spec.dataset}-{spec.category}", prepared.samples, prepared.labelled_train, spec.trainer.batch_size, spec.seed
+        )
         with quirks_fixed(entry, spec.weights == "imagenet"), cached_weights_only():
             model = build_model(spec, entry, _anomaly_source(config, notes), pixel, monitor)
             outcome = train_and_test(spec, model, data, work)

@@ -34,10 +34,14 @@ class ScoreCollector(Callback):
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
 
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         scores = outputs.pred_score.detach().float().cpu().reshape(-1).tolist()
         labels = outputs.gt_label.detach().cpu().reshape(-1).int().tolist()
-        self.rows += [{"image_path": p, "label": y, "score": s} for p, y, s in zip(outputs.image_path, labels, scores, strict=True)]
+        self.rows += [
+            {"image_path": p, "label": y, "score": s} for p, y, s in zip(outputs.image_path, labels, scores, strict=True)
+        ]
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["image_path", "label", "score"])
@@ -62,10 +66,12 @@ class SamplesDataModule(AnomalibDataModule):
     def __init__(self, name: str, samples: list[Sample], labelled_train: bool, batch_size: int, seed: int) -> None:
         has_val = any(s.split == "val" for s in samples)
         super().__init__(
-            train_batch_size=batch_size, eval_batch_size=batch_size,
+            train_batch_size=batch_size,
+            eval_batch_size=batch_size,
             num_workers=int(os.environ.get("VIADK8S_DATALOADER_WORKERS", "0")),
             val_split_mode=ValSplitMode.FROM_DIR if has_val else ValSplitMode.NONE,
-            test_split_mode=TestSplitMode.FROM_DIR, seed=seed,
+            test_split_mode=TestSplitMode.FROM_DIR,
+            seed=seed,
         )
         # set after the base class, which owns attributes such as ``_samples``
         self._name, self.run_samples, self.labelled_train = name, samples, labelled_train
@@ -83,8 +89,14 @@ class SamplesDataModule(AnomalibDataModule):
             label = s.label if split != "train" or self.labelled_train else 0
             # the subset is what a dataset serves; its "split" column is only checked by anomalib, which
             # refuses labelled anomalies in a split named train, so supervised anomalies are not named so
-            rows.append({"image_path": s.image_path, "mask_path": s.mask_path or "", "label_index": label,
-                         "split": "train" if split == "train" and label == 0 else "test"})
+            rows.append(
+                {
+                    "image_path": s.image_path,
+                    "mask_path": s.mask_path or "",
+                    "label_index": label,
+                    "split": "train" if split == "train" and label == 0 else "test",
+                }
+            )
         return TabularDataset(name=self._name, samples=pd.DataFrame(rows))
 
     def _setup(self, _stage: str | None = None) -> None:
@@ -121,12 +133,23 @@ def train_and_test(spec: RunSpec, model: AnomalibModule, data: SamplesDataModule
     if early:
         best = ModelCheckpoint(dirpath=work / "checkpoints", filename="best", monitor=variant.monitor, mode="max", save_top_k=1)
         callbacks += [history, best, EarlyStopping(monitor=variant.monitor, mode="max", patience=variant.patience)]
-        settings: dict[str, Any] = {"check_val_every_n_epoch": variant.check_every, "num_sanity_val_steps": 0,
-                                    "enable_progress_bar": False, "enable_model_summary": False}
+        settings: dict[str, Any] = {
+            "check_val_every_n_epoch": variant.check_every,
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        }
     else:
         settings = {"barebones": True, "limit_val_batches": 0}
-    engine = Engine(accelerator=accelerator(), devices=1, max_epochs=spec.epochs, default_root_dir=work, logger=False,
-                    callbacks=callbacks, **settings)
+    engine = Engine(
+        accelerator=accelerator(),
+        devices=1,
+        max_epochs=spec.epochs,
+        default_root_dir=work,
+        logger=False,
+        callbacks=callbacks,
+        **settings,
+    )
     start = time.perf_counter()
     engine.fit(model, datamodule=data)
     fit_s = time.perf_counter() - start
@@ -139,5 +162,6 @@ def train_and_test(spec: RunSpec, model: AnomalibModule, data: SamplesDataModule
     start = time.perf_counter()
     tested = engine.test(model, datamodule=data, ckpt_path=checkpoint, verbose=False)
     test_s = time.perf_counter() - start
-    return Outcome({k: float(v) for k, v in tested[0].items()}, collector.frame(), fit_s, test_s, epochs_run, tested_epoch,
-                   history.points)
+    return Outcome(
+        {k: float(v) for k, v in tested[0].items()}, collector.frame(), fit_s, test_s, epochs_run, tested_epoch, history.points
+    )
