@@ -13,8 +13,20 @@ from viadk8s.spec import RunSpec, Variant
 
 def test_catalog_matches_protocol() -> None:
     datasets = catalog.datasets()
-    counts = {k: len(datasets[k].categories) for k in ("visa", "mpdd", "btad", "realiad", "viaduct", "sensum_sodf", "mvtec_loco")}
-    assert counts == {"visa": 12, "mpdd": 6, "btad": 3, "realiad": 8, "viaduct": 12, "sensum_sodf": 2, "mvtec_loco": 5}
+    classes = {k: len({c.split("__")[0] for c in d.categories}) for k, d in datasets.items()}
+    assert classes == {
+        "visa": 12,
+        "mpdd": 6,
+        "btad": 3,
+        "vad": 1,
+        "mvtec_loco": 5,
+        "aebad": 1,
+        "realiad": 8,
+        "viaduct": 12,
+        "sensum_sodf": 2,
+        "synthetic": 2,
+    }
+    assert len(datasets["mvtec_loco"].categories) == 10  # logical and structural apart, averaged per dataset
     assert not datasets["vad"].has_masks and datasets["btad"].has_masks
     available = {k for k, m in catalog.models().items() if m.available}
     assert available == {"patchcore", "reverse_distillation", "csflow", "draem", "glass", "supersimplenet", "fastflow", "padim"}
@@ -38,7 +50,7 @@ def test_unavailable_model_answers_not_available_yet() -> None:
 @pytest.mark.parametrize(
     ("experiment", "runs"),
     [  # models x paper datasets' categories x seeds x axis values
-        ("evaluation", 9 * (12 + 6 + 3 + 1 + 5 + 4 + 8 + 12 + 2)),  # AeBAD: no drift + 3 drift subsets
+        ("evaluation", 9 * (12 + 6 + 3 + 1 + 10 + 4 + 8 + 12 + 2)),  # LOCO: 5 classes x 2 kinds; AeBAD: + 3 drift subsets
         ("input_size", 8 * (8 + 3 + 1) * 3 * 3),
         ("validation", 7 * (3 + 1 + 8) * 3 * 4),
         ("noisy_labels", 8 * (1 + 2 + 12) * 3 * 4),

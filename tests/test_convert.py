@@ -153,11 +153,14 @@ def test_mvtec_loco_merges_mask_folders_and_keeps_defect_kinds_apart(tmp_path: P
         _image(root / "test" / defect / "000.png", 20)
         _mask(root / "ground_truth" / defect / "000" / "000.png", (0, 0, 4, 4), value=255)
         _mask(root / "ground_truth" / defect / "000" / "001.png", (8, 8, 12, 12), value=17)
-    assert convert("mvtec_loco", tmp_path / "loco", tmp_path / "out") == ["juice_bottle"]
-    samples = _parses(tmp_path / "out" / "juice_bottle")
-    assert {s.defect for s in samples if s.label} == {"logical_anomalies", "structural_anomalies"}
-    assert _names(samples, "train") == {"000.png", "001.png", "002.png"}  # validation/good is not used
-    merged = np.asarray(Image.open(tmp_path / "out" / "juice_bottle" / "ground_truth" / "logical_anomalies" / "000_mask.png"))
+    assert convert("mvtec_loco", tmp_path / "loco", tmp_path / "out") == ["juice_bottle__logical", "juice_bottle__structural"]
+    for kind in ("logical", "structural"):  # each kind apart, with every good image: the paper averages the two
+        samples = _parses(tmp_path / "out" / f"juice_bottle__{kind}")
+        assert {s.defect for s in samples if s.label} == {f"{kind}_anomalies"}
+        assert _names(samples, "train") == {"000.png", "001.png", "002.png"}  # validation/good is not used
+        assert sum(1 for s in samples if s.split == "test" and not s.label) == 3
+    logical = tmp_path / "out" / "juice_bottle__logical"
+    merged = np.asarray(Image.open(logical / "ground_truth" / "logical_anomalies" / "000_mask.png"))
     assert merged.sum() == 2 * 16 * 255 and merged[1, 1] == merged[9, 9] == 255
 
 

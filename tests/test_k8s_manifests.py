@@ -156,7 +156,7 @@ def test_paper_datasets_render_valid_unique_names() -> None:
     config = load_config()
     rendered = render_sweep(plan("evaluation", Selection(datasets=["paper"]), config), config, "bench")
     names = [job.name for job in rendered.jobs]
-    assert len(names) == len(set(names)) == 5 * (12 + 6 + 3 + 1 + 5 + 4 + 8 + 12 + 2)  # 5 models in anomalib
+    assert len(names) == len(set(names)) == 5 * (12 + 6 + 3 + 1 + 10 + 4 + 8 + 12 + 2)  # 5 models in anomalib
     for job in rendered.jobs:
         assert DNS_LABEL.match(job.name)
         assert all(LABEL_VALUE.match(v) for v in job.body["metadata"]["labels"].values())

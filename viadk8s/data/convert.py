@@ -116,9 +116,14 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
+SUBSET = "__"  # "<class>__<subset>": a category that is one part of a class (AeBAD drift, LOCO defect kind)
+LOCO_KINDS = {"logical": "logical_anomalies", "structural": "structural_anomalies"}
+
+
 def _kept_classes(kind: str, src: Path, has_class: Callable[[Path], bool], expected: str) -> list[str]:
     """The catalog's classes of ``kind`` present in ``src``; an error naming the expected tree if none is."""
-    present = [c for c in catalog.datasets()[kind].categories if has_class(src / c)]
+    classes = dict.fromkeys(c.split(SUBSET)[0] for c in catalog.datasets()[kind].categories)  # "cls__subset" -> "cls"
+    present = [c for c in classes if has_class(src / c)]
     if not present:
         raise SpecError(f"{kind} source {str(src)!r}: expected {expected} for one of its classes, found none")
     return present
@@ -150,8 +155,16 @@ def _viaduct(src: Path) -> Plan:
 
 
 def _mvtec_loco(src: Path) -> Plan:
+    """Each class twice, with its logical and with its structural anomalies (and all its good images):
+    the per-dataset mean is then the paper's mean of logical and structural results."""
     classes = _kept_classes("mvtec_loco", src, lambda c: (c / "train" / "good").is_dir(), "<class>/train/good")
-    return {c: _mvtec_items(src / c, _loco_masks) for c in classes}
+    plan: Plan = {}
+    for cls in classes:
+        items = _mvtec_items(src / cls, _loco_masks)
+        for kind, folder in LOCO_KINDS.items():
+            others = set(LOCO_KINDS.values()) - {folder}
+            plan[f"{cls}{SUBSET}{kind}"] = [item for item in items if item.defect not in others]
+    return plan
 
 
 def _sensum(src: Path) -> Plan:
