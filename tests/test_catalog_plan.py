@@ -78,6 +78,12 @@ def test_patchcore_trains_on_a_quarter_at_512_on_large_sets() -> None:
     assert quarter == {("patchcore", "vad", 512), ("patchcore", "btad", 512)}
 
 
+def test_set_variant_fields_for_every_run() -> None:
+    chosen = Selection(models=["fastflow"], seeds=[1], categories=["tiles"], variant={"patience": 3, "monitor": "pixel_AUPRO"})
+    runs = plan("validation", chosen, load_config()).sweep.runs
+    assert {(r.variant.patience, r.variant.monitor) for r in runs} == {(3, "pixel_AUPRO")} and len(runs) == 4
+
+
 def test_noisy_labels_sets_variant_fields() -> None:
     planned = plan("noisy_labels", Selection(models=["patchcore"], seeds=[1], categories=["tiles"]), load_config())
     assert sorted(r.variant.contamination for r in planned.sweep.runs) == [0.0, 0.04, 0.08, 0.16]
@@ -91,6 +97,8 @@ def test_noisy_labels_sets_variant_fields() -> None:
         (Selection(categories=["bottle"]), "unknown category of synthetic 'bottle'; allowed: fabric, tiles"),
         (Selection(image_sizes=[100]), "image size 100 not allowed"),
         (Selection(sweep="Not OK"), "sweep id 'Not OK'"),
+        (Selection(variant={"patiense": 3}), "unknown variant field 'patiense'; allowed: validation, contamination"),
+        (Selection(variant={"patience": 0}), "patience: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_selection_is_one_clear_line(selection: Selection, message: str) -> None:

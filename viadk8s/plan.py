@@ -31,6 +31,7 @@ class Selection:
     max_epochs: int | None = None
     batch_size: int | None = None
     sweep: str | None = None
+    variant: dict[str, Any] = field(default_factory=dict)  # variant fields for every run (e.g. patience)
 
 
 @dataclass
@@ -99,6 +100,9 @@ def plan(experiment: str, selection: Selection, config: Config) -> Plan:
             if category not in known:
                 raise one_of(f"category of {', '.join(datasets)}", category, known)
         per_dataset = {d: [c for c in cats if c in selection.categories] for d, cats in per_dataset.items()}
+    for key in selection.variant:
+        if key not in Variant.model_fields:
+            raise one_of("variant field", key, list(Variant.model_fields))
     seeds = list(selection.seeds or exp.seeds)
     trainer = Trainer(max_epochs=selection.max_epochs, batch_size=selection.batch_size or Trainer().batch_size)
     sweep_id = selection.sweep or default_sweep_id(experiment)
@@ -110,6 +114,7 @@ def plan(experiment: str, selection: Selection, config: Config) -> Plan:
                 for rule in exp.rules:  # the paper's exceptions, e.g. PatchCore on a 25 % subset at 512 px
                     if rule.matches(fields):
                         fields.update(rule.set)
+                fields.update(selection.variant)
                 top = {k: v for k, v in fields.items() if k in RunSpec.model_fields}
                 variant = Variant(**{k: v for k, v in fields.items() if k not in RunSpec.model_fields})
                 runs.append(

@@ -18,6 +18,7 @@ from viadk8s.cli.common import (
     ImageSize,
     Models,
     Seeds,
+    Settings,
     Store,
     SweepId,
     Weights,
@@ -73,6 +74,7 @@ def render(
     epochs: Epochs = None,
     batch_size: BatchSize = None,
     sweep: SweepId = None,
+    settings: Settings = None,
     config: ConfigPath = None,
     namespace: Namespace = None,
     image: Image = None,
@@ -96,6 +98,7 @@ def render(
         epochs=epochs,
         batch_size=batch_size,
         sweep=sweep,
+        settings=settings,
     )
     rendered = render_sweep(planned, cfg, resolve_namespace(cfg.cluster))
     written = rendered.write(out)
@@ -120,6 +123,7 @@ def submit(
     epochs: Epochs = None,
     batch_size: BatchSize = None,
     sweep: SweepId = None,
+    settings: Settings = None,
     store: Store = None,
     config: ConfigPath = None,
     namespace: Namespace = None,
@@ -152,6 +156,7 @@ def submit(
         epochs=epochs,
         batch_size=batch_size,
         sweep=sweep,
+        settings=settings,
     )
     for note in planned.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)

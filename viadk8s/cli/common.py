@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -59,9 +60,27 @@ ImageSize = Annotated[str | None, typer.Option(help="input size(s) in pixels, co
 Weights = Annotated[str | None, typer.Option(help="imagenet (default) or random")]
 Epochs = Annotated[int | None, typer.Option("--max-epochs", help="cap every model's protocol epochs (smoke runs)")]
 BatchSize = Annotated[int | None, typer.Option(help="train batch size (default 16)")]
+Settings = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="a variant field for every run, e.g. patience=20 or monitor=pixel_AUPRO (repeatable)"),
+]
 SweepId = Annotated[str | None, typer.Option("--sweep", help="sweep id (default: the experiment name)")]
 Store = Annotated[str | None, typer.Option(help="file://DIR or DIR (default ./viadk8s-runs)")]
 ConfigPath = Annotated[str | None, typer.Option("--config", help="viadk8s.yaml (default $VIADK8S_CONFIG or ./viadk8s.yaml)")]
+
+
+def key_values(pairs: list[str] | None) -> dict[str, Any]:
+    """``["patience=20", "monitor=pixel_AUPRO"]`` -> ``{"patience": 20, "monitor": "pixel_AUPRO"}``."""
+    chosen: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SpecError(f"bad --set {pair!r}; allowed: FIELD=VALUE, e.g. patience=20")
+        try:
+            chosen[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            chosen[key.strip()] = value
+    return chosen
 
 
 def plan_from_flags(experiment: str, config: Config, **chosen: Any) -> Plan:
@@ -80,5 +99,6 @@ def plan_from_flags(experiment: str, config: Config, **chosen: Any) -> Plan:
         max_epochs=chosen["epochs"],
         batch_size=chosen["batch_size"],
         sweep=chosen["sweep"],
+        variant=key_values(chosen["settings"]),
     )
     return plan(experiment, selection, config)

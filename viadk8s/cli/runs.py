@@ -22,6 +22,7 @@ from viadk8s.cli.common import (
     ImageSize,
     Models,
     Seeds,
+    Settings,
     Store,
     SweepId,
     Weights,
@@ -51,6 +52,7 @@ def plan_command(
     epochs: Epochs = None,
     batch_size: BatchSize = None,
     sweep: SweepId = None,
+    settings: Settings = None,
     config: ConfigPath = None,
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
@@ -69,6 +71,7 @@ def plan_command(
         epochs=epochs,
         batch_size=batch_size,
         sweep=sweep,
+        settings=settings,
     )
     if format == "json":
         sys.stdout.write(result.sweep.model_dump_json(indent=2) + "\n")
@@ -99,6 +102,7 @@ def run(
     epochs: Epochs = None,
     batch_size: BatchSize = None,
     sweep: SweepId = None,
+    settings: Settings = None,
     store: Store = None,
     config: ConfigPath = None,
     jobs: Annotated[int, typer.Option(min=1, help="runs at a time")] = 1,
@@ -120,6 +124,7 @@ def run(
         epochs=epochs,
         batch_size=batch_size,
         sweep=sweep,
+        settings=settings,
     )
     for note in planned.notes:
         console.print(f"note: {note}")
