@@ -88,7 +88,8 @@ def runs_frame(results: Sequence[RunResult]) -> pd.DataFrame:
 
 
 def _with_methods(frame: pd.DataFrame, axis: str | None) -> pd.DataFrame:
-    varying = [f for f in IDENTITY if f != axis and frame[f].nunique() > 1]
+    # a setting names a method only where it varies for one model (epochs differ between models by protocol)
+    varying = [f for f in IDENTITY if f != axis and frame.groupby("model")[f].nunique().max() > 1]
     names = {k: m.name for k, m in catalog.models().items()}
 
     def label(row: pd.Series) -> str:
