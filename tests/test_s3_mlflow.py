@@ -17,6 +17,9 @@ from tests.conftest import TINY
 from tests.servers import BUCKET, MlflowServer, S3Server, free_port, mlflow_server, seaweedfs
 from viadk8s.catalog import SyntheticOptions
 from viadk8s.data.synthetic import ensure_category
+from viadk8s.results import RESULT, DataSummary, RunResult, Timings, load_results, run_prefix
+from viadk8s.spec import RunSpec
+from viadk8s.store import open_store
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +277,37 @@ def test_mlflow_down_keeps_result_then_sync(cli, tmp_path: Path, s3_env: dict[st
     assert [r.data.tags["run_key"] for r in tracked if r.data.tags.get("viadk8s.role") == "run"] == [stored["run_key"]]
     again = cli("mlflow", "sync", "--config", str(up))
     assert "0 runs synced" in again.stdout
+
+
+def fake_result(category: str, auroc: float) -> RunResult:
+    spec = RunSpec(sweep="inc", experiment="evaluation", model="padim", dataset="synthetic", category=category, seed=1)
+    return RunResult(
+        run_key=spec.run_key, spec=spec, metrics={"image_AUROC": auroc}, epochs=1, device="cpu", versions={},
+        timings=Timings(fit_s=1, test_s=1, test_images_per_s=1, peak_memory_mb=1, memory_kind="cpu_rss"),
+        data=DataSummary(n_train=1, n_test_good=1, n_test_bad=1, pixel_masks=False), finished_at="now",
+    )  # fmt: skip
+
+
+def test_aggregation_from_s3_fetches_only_new_or_changed_results(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store(f"s3://{BUCKET}/incremental", "path")
+    for i, category in enumerate(("a", "b", "c")):
+        store.write_bytes(
+            f"{run_prefix(fake_result(category, 0.5).spec)}/{RESULT}",
+            fake_result(category, 0.5 + i / 10).model_dump_json().encode(),
+        )
+    reads: list[str] = []
+    read_bytes = store.read_bytes
+    monkeypatch.setattr(store, "read_bytes", lambda key: reads.append(key) or read_bytes(key))
+
+    assert sorted(r.metrics["image_AUROC"] for r in load_results(store, "inc")) == [0.5, 0.6, 0.7]
+    assert len(reads) == 4  # the (absent) snapshot, then every result
+    reads.clear()
+    assert len(load_results(store, "inc")) == 3 and reads == ["runs/inc/.results-snapshot.json"]
+
+    changed, new = fake_result("b", 0.9), fake_result("d", 0.8)
+    for result in (changed, new):
+        store.write_bytes(f"{run_prefix(result.spec)}/{RESULT}", result.model_dump_json().encode())
+    store.client.delete_object(Bucket=BUCKET, Key=f"incremental/{run_prefix(fake_result('a', 0).spec)}/{RESULT}")
+    reads.clear()
+    assert sorted(r.metrics["image_AUROC"] for r in load_results(store, "inc")) == [0.7, 0.8, 0.9]
+    assert len(reads) == 3  # the snapshot, the changed result and the new one

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from viadk8s.errors import Viadk8sError
 from viadk8s.spec import RunSpec, Sweep
 from viadk8s.store import Store
 
 RESULT = "result.json"
 SCORES = "scores.csv"
 HISTOGRAM = "scores.png"
+SNAPSHOT = ".results-snapshot.json"  # what aggregation read last time, with versions (remote stores)
+log = logging.getLogger(__name__)
 
 
 class Timings(BaseModel):
@@ -76,18 +81,35 @@ def save_sweep(store: Store, sweep: Sweep) -> None:
 def load_results(store: Store, sweep_id: str | None = None, experiment: str | None = None) -> list[RunResult]:
     """Every committed result of a sweep (or of all sweeps of an experiment).
 
-    Objects in a remote store are fetched by a thread pool (network-bound); local files are read in
-    turn, which on a few cores is faster than threads contending for the interpreter.
+    Local files are read in turn (cheap). A remote store is read incrementally: the listing gives
+    each result's version (ETag), results unchanged since the last aggregation come from a snapshot
+    beside them, and only new or changed ones are fetched, by a thread pool.
     """
     prefix = f"runs/{sweep_id}/" if sweep_id else "runs/"
-    keys = [k for k in store.list(prefix) if k.endswith(f"/{RESULT}")]
-
-    def read(key: str) -> RunResult:
-        return RunResult.model_validate_json(store.read_bytes(key))
-
-    if keys and store.local_path(keys[0]) is not None:
-        results = [read(k) for k in keys]
+    versions = {k: v for k, v in store.versions(prefix).items() if k.endswith(f"/{RESULT}")}
+    if store.local_path(prefix) is not None:
+        results = [RunResult.model_validate_json(store.read_bytes(k)) for k in versions]
     else:
-        with ThreadPoolExecutor(max_workers=32) as pool:
-            results = list(pool.map(read, keys))
+        results = [RunResult.model_validate(raw) for raw in _read_incrementally(store, prefix + SNAPSHOT, versions)]
     return [r for r in results if experiment is None or r.spec.experiment == experiment]
+
+
+def _read_incrementally(store: Store, snapshot_key: str, versions: dict[str, str]) -> list[dict[str, Any]]:
+    snapshot: dict[str, Any] = {}
+    try:
+        snapshot = json.loads(store.read_bytes(snapshot_key))
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        log.warning("results snapshot %s is unreadable; reading every result", snapshot_key)
+    kept = {k: e for k, e in snapshot.items() if isinstance(e, dict) and e.get("version") == versions.get(k)}
+    missing = [k for k in versions if k not in kept]
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        fetched = dict(zip(missing, pool.map(lambda k: json.loads(store.read_bytes(k)), missing), strict=True))
+    entries = {k: kept.get(k) or {"version": v, "result": fetched[k]} for k, v in versions.items()}
+    if entries.keys() != snapshot.keys() or missing:
+        try:
+            store.write_bytes(snapshot_key, json.dumps(entries).encode())
+        except Viadk8sError as err:  # read-only credentials: aggregation still works, only slower next time
+            log.warning("could not update the results snapshot %s: %s", snapshot_key, err)
+    return [e["result"] for e in entries.values()]

@@ -112,15 +112,21 @@ class S3Store:
         with self._errors("read", key):
             self.client.download_file(self.bucket, self._key(key), str(path), Config=TRANSFER)
 
-    def list(self, prefix: str) -> Iterator[str]:
+    def versions(self, prefix: str) -> dict[str, str]:
+        """Keys under a prefix (temporary ones excepted) with their ETags, from the listing alone."""
         full = self._key(prefix)
         skip = len(self.prefix) + 1 if self.prefix else 0
+        found: dict[str, str] = {}
         with self._errors("list", prefix):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 for item in page.get("Contents", []):
                     key = item["Key"][skip:]
                     if not key.rpartition("/")[2].startswith("."):
-                        yield key
+                        found[key] = str(item.get("ETag", ""))
+        return found
+
+    def list(self, prefix: str) -> Iterator[str]:
+        return iter(self.versions(prefix))
 
     def local_path(self, key: str) -> Path | None:
         return None

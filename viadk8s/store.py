@@ -25,6 +25,7 @@ class Store(Protocol):
     def upload(self, key: str, path: Path) -> None: ...
     def download(self, key: str, path: Path) -> None: ...
     def list(self, prefix: str) -> Iterator[str]: ...
+    def versions(self, prefix: str) -> dict[str, str]: ...
     def local_path(self, key: str) -> Path | None: ...
 
 
@@ -71,13 +72,20 @@ class FileStore:
     def download(self, key: str, path: Path) -> None:
         shutil.copyfile(self._path(key), path)
 
-    def list(self, prefix: str) -> Iterator[str]:
+    def versions(self, prefix: str) -> dict[str, str]:
+        """Files under a prefix (temporary ones excepted) with a version: modification time and size."""
         base = self._path(prefix)
         if not base.is_dir():
-            return
+            return {}
+        found = {}
         for path in sorted(base.rglob("*")):
             if path.is_file() and not path.name.startswith("."):
-                yield str(path.relative_to(self.root))
+                stat = path.stat()
+                found[str(path.relative_to(self.root))] = f"{stat.st_mtime_ns}-{stat.st_size}"
+        return found
+
+    def list(self, prefix: str) -> Iterator[str]:
+        return iter(self.versions(prefix))
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
