@@ -116,7 +116,7 @@ def test_sweep_on_s3_with_mlflow_server(cli, tmp_path: Path, s3: S3Server, s3_en
     results = [k for k in stored if k.endswith("/result.json")]
     assert len(results) == 2 and "e2e/sweeps/evaluation/sweep.json" in stored
     assert sum(k.endswith(("/scores.csv", "/scores.png")) for k in stored) == 4
-    assert not [k for k in stored if k.rsplit("/", 1)[1].startswith(".")]  # no temporary key left behind
+    assert not [k for k in stored if k.endswith(".tmp")]  # no temporary key left behind
     assert len(list((tmp_path / "cache" / "datasets" / "mine").iterdir())) == 2  # staged once per category
 
     table = cli("aggregate", "--sweep", "evaluation", "--config", str(config), "--format", "md")
