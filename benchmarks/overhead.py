@@ -102,7 +102,7 @@ def main() -> None:
                         "-c",
                         BARE,
                         str(root),
-                        str(entry.anomalib_class),
+                        str(entry.model_class),
                         str(args.size),
                         repr(entry.init_args),
                         str(work / "bare"),

@@ -29,7 +29,7 @@ LOADED = textwrap.dedent(
     spec = RunSpec(sweep="w", experiment="evaluation", model="padim", dataset="tiny", category="tiles", seed=1, image_size=64)
     entry = catalog.model("padim")
     with quirks_fixed(entry, True), cached_weights_only():
-        model = build_model(spec, entry, Path(sys.argv[1]), pixel=True, monitor=None)
+        model = build_model(spec, entry, Path(sys.argv[1]), monitor=None)
     loaded = model.model.feature_extractor.feature_extractor.conv1.weight
     print(bool(torch.equal(loaded, torch.load(sys.argv[2]))))
     """

@@ -7,5 +7,7 @@ The package mirrors the flow of one run spec through the system::
 
 __version__ = "0.1.0"
 
-#: Bumped whenever the meaning of a spec field changes, so old run keys stop matching.
-PROTOCOL_VERSION = "1"
+#: Bumped whenever the meaning of a spec field changes, or a fix changes what a run reports, so
+#: old run keys stop matching and re-submission redoes them. "2": metrics computed on the whole
+#: test set's raw scores (1 let torchmetrics squash some batches with a sigmoid); 16-bit images scaled.
+PROTOCOL_VERSION = "2"

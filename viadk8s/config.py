@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from viadk8s import catalog
-from viadk8s.catalog import DatasetEntry, SyntheticOptions
+from viadk8s.catalog import BitDepth, DatasetEntry, SyntheticOptions
 from viadk8s.errors import SpecError, one_of, validation_message
 from viadk8s.k8s.settings import ClusterSettings, apply_env
 from viadk8s.store import Store, open_store
@@ -31,6 +31,7 @@ class DatasetSource(BaseModel):
     path: str | None = None
     synthetic: SyntheticOptions | None = None
     masks: str | None = None
+    bit_depth: BitDepth | None = None  # of 16-bit-container images; detected from train images when unset
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSource:
@@ -107,6 +108,8 @@ class Config(BaseModel):
             update["categories"] = []  # discovered from the folder when resolved
         if source.masks:
             update["masks"] = source.masks
+        if source.bit_depth:
+            update["bit_depth"] = source.bit_depth
         return base.model_copy(update=update)
 
     def dataset_keys(self) -> list[str]:

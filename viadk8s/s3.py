@@ -130,3 +130,11 @@ class S3Store:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+    def move(self, key: str, new_key: str) -> None:
+        """Copy, then delete the original: the object exists under one name or both, never none."""
+        with self._errors("write", key):
+            self.client.copy_object(
+                Bucket=self.bucket, Key=self._key(new_key), CopySource={"Bucket": self.bucket, "Key": self._key(key)}
+            )
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

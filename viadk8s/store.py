@@ -27,6 +27,7 @@ class Store(Protocol):
     def list(self, prefix: str) -> Iterator[str]: ...
     def versions(self, prefix: str) -> dict[str, str]: ...
     def local_path(self, key: str) -> Path | None: ...
+    def move(self, key: str, new_key: str) -> None: ...
 
 
 class FileStore:
@@ -89,6 +90,9 @@ class FileStore:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    def move(self, key: str, new_key: str) -> None:
+        os.replace(self._path(key), self._path(new_key))
 
 
 def open_store(uri: str, addressing_style: str = "auto", max_attempts: int = 5) -> Store:

@@ -35,7 +35,7 @@ class _Entry(BaseModel):
 
 class ModelEntry(_Entry):
     group: Literal["one_class", "unsupervised", "supervised"]
-    anomalib_class: str | None
+    model_class: str | None  # "Patchcore" (in anomalib.models) or "viadk8s.models.simplenet:Simplenet"
     epochs: int = Field(ge=1)
     init_args: dict[str, Any] = {}
     pixel_maps: bool = True
@@ -44,7 +44,7 @@ class ModelEntry(_Entry):
 
     @property
     def available(self) -> bool:
-        return self.anomalib_class is not None
+        return self.model_class is not None
 
 
 class SyntheticOptions(BaseModel):
@@ -58,8 +58,12 @@ class SyntheticOptions(BaseModel):
     size: int = Field(default=128, ge=32, le=1024)
 
 
+BitDepth = Literal[8, 10, 12, 14, 16]
+
+
 class DatasetEntry(_Entry):
     masks: Literal["pixel", "image"] = "pixel"
+    bit_depth: BitDepth | None = None  # what a 16-bit container holds (12-bit cameras); None: detect
     categories: list[str] = []
     synthetic: SyntheticOptions | None = None
     path: str | None = None

@@ -3,6 +3,7 @@ replay pending MLflow runs."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +44,49 @@ def datasets_upload(
         f"in {target.uri}/datasets/{name}",
         highlight=False,
     )
+
+
+@datasets_app.command("check")
+@friendly
+def datasets_check(
+    dataset: Annotated[str, typer.Argument(help="a dataset key (staged like a run would) or an MVTec-layout folder")],
+    store: Store = None,
+    config: ConfigPath = None,
+) -> None:
+    """Open every image and mask once: counts, formats, bit depths, sizes and every problem found."""
+    from viadk8s.config import load_config
+    from viadk8s.data.check import DatasetReport, check_category, check_dataset, refuse_errors
+    from viadk8s.data.resolve import Datasets
+
+    if Path(dataset).is_dir():
+        report = check_dataset(Path(dataset))
+    else:
+        known = Datasets(load_config(config, store=store))
+        report = DatasetReport(dataset, [check_category(known.resolve(dataset, c)) for c in known.categories(dataset)])
+    table = Table(title=f"dataset {report.root}")
+    for column in ("category", "train", "test good", "test bad (by defect)", "masks", "formats", "sizes", "errors", "warnings"):
+        table.add_column(column)
+    for c in report.categories:
+        bad = {k.removeprefix("test/"): n for k, n in c.counts.items() if k.startswith("test/") and k != "test/good"}
+        train = ", ".join(f"{k.removeprefix('train/')} {n}" for k, n in c.counts.items() if k.startswith("train/"))
+        levels = Counter(f.level for f in c.findings)
+        table.add_row(
+            c.name,
+            train,
+            str(c.counts["test/good"]),
+            f"{sum(bad.values())}: " + ", ".join(f"{k} {n}" for k, n in bad.items()),
+            str(c.masks),
+            ", ".join(f"{k} ×{n}" for k, n in c.formats.most_common()),
+            ", ".join(f"{k} ×{n}" for k, n in c.sizes.most_common(3)) + (" …" if len(c.sizes) > 3 else ""),
+            str(levels["error"]),
+            str(levels["warning"]),
+        )
+    console.print(table)
+    for finding in report.findings[:50]:
+        console.print(finding.line(), highlight=False, markup=False)
+    if len(report.findings) > 50:
+        console.print(f"… {len(report.findings) - 50} more", highlight=False)
+    refuse_errors(report)
 
 
 @datasets_app.command("list")

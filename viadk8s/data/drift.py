@@ -48,6 +48,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from viadk8s.data.convert import atomic_folder
+from viadk8s.data.images import decode, read_mask
 from viadk8s.data.layout import Sample
 from viadk8s.errors import SpecError
 
@@ -227,15 +228,15 @@ def _as_array(image: Image.Image | np.ndarray, mode: str) -> np.ndarray:
     return np.asarray(image if image.mode in ("L", mode) else image.convert(mode))
 
 
-def _load(path: str, mode: str) -> np.ndarray:
-    with Image.open(path) as image:
-        return _as_array(image, mode)
+def _load(path: str) -> np.ndarray:
+    """Stored pixels, their depth kept (8-bit, or a 16-bit container)."""
+    return decode(path)
 
 
 def _to_tensor(array: np.ndarray) -> Tensor:
     """HxW or HxWxC uint8 -> CxHxW."""
     if array.dtype != np.uint8:
-        raise SpecError(f"drift needs 8-bit images, got an array of {array.dtype}")
+        raise SpecError(f"drift needs 8-bit masks, got an array of {array.dtype}")
     tensor = torch.from_numpy(np.array(array))  # a writable, contiguous copy
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
 
@@ -245,11 +246,15 @@ def _to_array(tensor: Tensor, like: np.ndarray) -> np.ndarray:
     return out.contiguous().numpy()
 
 
-def _drift_pixels(pixels: np.ndarray, recipe: DriftRecipe) -> np.ndarray:
-    img = _to_tensor(pixels).float() / 255.0
+def _drift_pixels(pixels: np.ndarray, recipe: DriftRecipe, bit_depth: int = 8) -> np.ndarray:
+    """Drift on the [0, 1] scale of the image's depth (Table 10's ranges are on that scale); the
+    result keeps the input's dtype: 8-bit stays 8-bit, a 16-bit container keeps its bit depth."""
+    top = 255.0 if pixels.dtype == np.uint8 else float(2**bit_depth - 1)
+    tensor = torch.from_numpy(pixels.astype(np.float32) / np.float32(top))
+    img = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     for step in recipe.steps:
         img = TRANSFORMS[step.transform].apply(img, step.params, InterpolationMode.BILINEAR)
-    return _to_array((img.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8), pixels)
+    return _to_array((img.clamp(0.0, 1.0) * top).round(), pixels).astype(pixels.dtype)
 
 
 def _move_mask(mask: np.ndarray, recipe: DriftRecipe) -> np.ndarray:
@@ -275,15 +280,15 @@ def apply_drift(
     return out_image, Image.fromarray(moved) if isinstance(mask, Image.Image) else moved
 
 
-def drift_sample(sample: Sample, seed: int) -> tuple[Image.Image, Image.Image | None, DriftRecipe]:
+def drift_sample(sample: Sample, seed: int, bit_depth: int = 8) -> tuple[np.ndarray, np.ndarray | None, DriftRecipe]:
     """Load one sample and drift it and its mask; the recipe comes along for the record."""
     recipe = drift_params(seed, sample.image_path)
-    image = Image.fromarray(_drift_pixels(_load(sample.image_path, "RGB"), recipe))
-    mask = Image.fromarray(_move_mask(_load(sample.mask_path, "L"), recipe)) if sample.mask_path else None
+    image = _drift_pixels(_load(sample.image_path), recipe, bit_depth)
+    mask = _move_mask(read_mask(sample.mask_path).numpy() * np.uint8(255), recipe) if sample.mask_path else None
     return image, mask, recipe
 
 
-def write_drifted_test_set(samples: list[Sample], seed: int, out_dir: Path) -> list[Sample]:
+def write_drifted_test_set(samples: list[Sample], seed: int, out_dir: Path, bit_depth: int = 8) -> list[Sample]:
     """Write drifted copies of the test samples (and masks) into ``out_dir``; train samples stay as they are.
 
     ``out_dir`` appears complete or not at all; it also gets ``drift.json`` with every recipe.
@@ -295,7 +300,7 @@ def write_drifted_test_set(samples: list[Sample], seed: int, out_dir: Path) -> l
             if sample.split != "test":
                 result.append(sample)
                 continue
-            image, mask, recipe = drift_sample(sample, seed)
+            image, mask, recipe = drift_sample(sample, seed, bit_depth)
             image_rel = Path("test", sample.defect, f"{Path(sample.image_path).stem}.png")
             mask_rel = Path("ground_truth", sample.defect, f"{image_rel.stem}_mask.png")
             _save(image, tmp / image_rel)
@@ -308,9 +313,16 @@ def write_drifted_test_set(samples: list[Sample], seed: int, out_dir: Path) -> l
     return result
 
 
-def _save(image: Image.Image, path: Path) -> None:
+def _save(pixels: np.ndarray, path: Path) -> None:
+    """A PNG of the pixels' own depth (PIL cannot write 16-bit colour: OpenCV does, in BGR order)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
+    if pixels.dtype == np.uint16 and pixels.ndim == 3:
+        import cv2
+
+        if not cv2.imwrite(str(path), np.ascontiguousarray(pixels[..., ::-1])):
+            raise OSError(f"could not write {path}")
+        return
+    Image.fromarray(pixels).save(path, format="PNG")
 
 
 def preview_grid(samples: list[Sample], seed: int, n: int, out_png: Path, variants: int = 3) -> Path:
@@ -328,7 +340,7 @@ def preview_grid(samples: list[Sample], seed: int, n: int, out_png: Path, varian
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), variants + 1, squeeze=False)
     for row, sample in zip(axes, rows, strict=True):
-        original = _load(sample.image_path, "RGB")
+        original = _load(sample.image_path)
         _show(row[0], original, "original")
         for column, ax in enumerate(row[1:]):
             recipe = drift_params(seed + column, sample.image_path)
@@ -340,6 +352,7 @@ def preview_grid(samples: list[Sample], seed: int, n: int, out_png: Path, varian
 
 
 def _show(ax: Any, pixels: np.ndarray, caption: str) -> None:
-    ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=255)
+    top = 255 if pixels.dtype == np.uint8 else int(pixels.max()) or 1  # a 16-bit image at its own range
+    ax.imshow(pixels / top, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1)
     ax.set_title(caption, fontsize=6)
     ax.axis("off")

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from viadk8s.data.check import check_dataset, refuse_errors
 from viadk8s.data.layout import discover_categories, has_pixel_masks, scan_category
 from viadk8s.errors import SpecError
 from viadk8s.store import Store
@@ -82,7 +83,8 @@ def upload_dataset(store: Store, name: str, source: Path, compress: bool = False
     categories = discover_categories(source)
     if not categories:
         raise SpecError(f"dataset folder {str(source)!r} has no category with train/good (MVTec layout expected)")
-    scanned = {c: scan_category(source / c) for c in categories}  # validate everything before uploading
+    refuse_errors(check_dataset(source))  # every image and mask opened once, before anything is uploaded
+    scanned = {c: scan_category(source / c) for c in categories}
     masks: Literal["pixel", "image"] = "pixel" if all(has_pixel_masks(s) for s in scanned.values()) else "image"
     existing = read_manifest(store, name)
     archives = dict(existing.categories) if existing else {}

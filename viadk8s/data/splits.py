@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from viadk8s.data.convert import atomic_folder
+from viadk8s.data.images import inspect
 from viadk8s.data.layout import Sample
 from viadk8s.errors import SpecError
 
@@ -128,6 +129,11 @@ def make_synthetic_anomalies(samples_val_good: list[Sample], out_dir: Path, seed
 
 
 def _anomalous_copy(sample: Sample, goods: list[Sample], rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    if inspect(sample.image_path).container_bits > 8:  # PIL would clip it to white
+        raise SpecError(
+            f"synthetic validation anomalies need 8-bit images; {sample.image_path!r} is 16-bit "
+            "(use val_early_stop or convert the dataset)"
+        )
     with Image.open(sample.image_path) as opened:
         image = opened.convert("L" if opened.mode == "L" else "RGB")
     width, height = image.size

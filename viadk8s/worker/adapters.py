@@ -15,49 +15,68 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import inspect
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from anomalib import models as anomalib_models
-from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Max, PBn, PGn
+from anomalib.metrics import AUPRO, Evaluator
+from anomalib.metrics.base import AnomalibMetric
 from anomalib.models.components import AnomalibModule
 from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 from anomalib.post_processing import PostProcessor
 from torch import optim
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 from torchvision import models as tv_models
 
+from viadk8s import metrics
 from viadk8s.catalog import ModelEntry
 from viadk8s.spec import RunSpec
 
-PG_PB_RATE = 0.02  # the paper's PG2 / PB2
+
+class _Exact(Metric):
+    """Keeps a copy of every prediction and computes one of :mod:`viadk8s.metrics` on the whole set."""
+
+    full_state_update = False
+
+    def __init__(self, compute: Callable[[torch.Tensor, torch.Tensor], float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._compute = compute
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.preds.append(preds.detach().clone())  # nothing that runs later can change what was seen
+        self.target.append(target.detach().clone())
+
+    def compute(self) -> torch.Tensor:
+        return torch.tensor(self._compute(dim_zero_cat(self.preds), dim_zero_cat(self.target)))
 
 
-def _validation_metric(name: str) -> AUROC | F1Max | AUPRO:
+class ExactMetric(AnomalibMetric, _Exact):  # type: ignore[misc]
+    """A :mod:`viadk8s.metrics` function as an anomalib metric (fields picked from the batch)."""
+
+
+def _validation_metric(name: str) -> AnomalibMetric:
+    """The metric early stopping monitors, on raw scores of the whole validation set."""
     level, kind = name.split("_", 1)
     fields = ["pred_score", "gt_label"] if level == "image" else ["anomaly_map", "gt_mask"]
-    return {"AUROC": AUROC, "F1Max": F1Max, "AUPRO": AUPRO}[kind](fields=fields, prefix=f"{level}_")
+    if kind == "AUPRO":  # anomalib's AUPRO is exact already (one sort, no sigmoid)
+        return AUPRO(fields=fields, prefix=f"{level}_")
+    metric = ExactMetric(compute={"AUROC": metrics.auroc, "F1Max": metrics.f1_max}[kind], fields=fields)
+    metric.name = name
+    return metric
 
 
-def evaluator(pixel: bool, monitor: str | None = None) -> Evaluator:
-    """The protocol's test metrics (pixel ones only when the test set has masks), and the
-    validation metric that early stopping monitors, if any."""
-    image = ["pred_score", "gt_label"]
-    presorted = [PGn(fields=image, fnr=PG_PB_RATE), PBn(fields=image, fpr=PG_PB_RATE)]
-    for metric in presorted:  # anomalib names them "PG2"/"PB2" whatever the prefix
-        metric.name = f"image_{metric.name}"
-    metrics = [AUROC(fields=image, prefix="image_"), F1Max(fields=image, prefix="image_"), *presorted]
-    if pixel:
-        pixel_fields = ["anomaly_map", "gt_mask"]
-        metrics += [
-            AUROC(fields=pixel_fields, prefix="pixel_"),
-            AUPRO(fields=pixel_fields, prefix="pixel_"),
-            F1Max(fields=pixel_fields, prefix="pixel_"),
-        ]
-    return Evaluator(val_metrics=[_validation_metric(monitor)] if monitor else [], test_metrics=metrics)
+def evaluator(monitor: str | None = None) -> Evaluator:
+    """The validation metric early stopping monitors, if any. Test metrics are not anomalib's:
+    the worker computes them from the predictions it keeps (:mod:`viadk8s.metrics`)."""
+    return Evaluator(val_metrics=[_validation_metric(monitor)] if monitor else [], test_metrics=[])
 
 
 @contextlib.contextmanager
@@ -88,10 +107,17 @@ def _capped_perlin(original: Any) -> Any:
     return generate
 
 
+def model_class(entry: ModelEntry) -> type[AnomalibModule]:
+    """The catalog's class: ``Name`` in ``anomalib.models``, or ``package.module:Name`` of our own."""
+    path = str(entry.model_class)
+    module, _, name = path.rpartition(":")
+    return getattr(importlib.import_module(module) if module else anomalib_models, name)
+
+
 @contextlib.contextmanager
 def quirks_fixed(entry: ModelEntry, pretrained: bool) -> Iterator[None]:
     """Fix anomalib's quirks for one model while it is built, trained and tested."""
-    cls = getattr(anomalib_models, str(entry.anomalib_class))
+    cls = model_class(entry)
     with contextlib.ExitStack() as stack:
         if cls is anomalib_models.Csflow and not pretrained:
             from anomalib.models.image.csflow import torch_model as csflow
@@ -122,11 +148,11 @@ def _glass_optimizers(self: Any) -> list[optim.Optimizer]:
     return optimizers
 
 
-def build_model(spec: RunSpec, entry: ModelEntry, anomaly_source: Path, pixel: bool, monitor: str | None) -> AnomalibModule:
-    """The catalog's model with the protocol's input size, raw scores and the protocol's metrics.
+def build_model(spec: RunSpec, entry: ModelEntry, anomaly_source: Path, monitor: str | None) -> AnomalibModule:
+    """The catalog's model with the protocol's input size, raw scores and the early-stop metric.
 
     Call it, and train and test the model, inside :func:`quirks_fixed`."""
-    cls = getattr(anomalib_models, str(entry.anomalib_class))
+    cls = model_class(entry)
     accepted = inspect.signature(cls.__init__).parameters
     pretrained = spec.weights == "imagenet"
     size = (spec.image_size, spec.image_size)
@@ -142,7 +168,7 @@ def build_model(spec: RunSpec, entry: ModelEntry, anomaly_source: Path, pixel: b
         # the model's own transforms (anomalib 2.7 adds no centre crop) at the protocol's size
         pre_processor=cls.configure_pre_processor(image_size=size),
         post_processor=PostProcessor(enable_normalization=False),  # raw scores, unclipped
-        evaluator=evaluator(pixel, monitor),
+        evaluator=evaluator(monitor),
         visualizer=False,
     )
     model = cls(**kwargs)

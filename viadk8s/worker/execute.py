@@ -14,16 +14,20 @@ import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
 from lightning.pytorch import seed_everything
 
 from viadk8s import catalog
-from viadk8s.catalog import METRICS
+from viadk8s.catalog import METRICS, DatasetEntry
 from viadk8s.config import Config
-from viadk8s.data.layout import has_pixel_masks, scan_category
+from viadk8s.data.images import detect_bit_depth, inspect
+from viadk8s.data.layout import Sample, has_pixel_masks, scan_category
 from viadk8s.data.resolve import Datasets
 from viadk8s.data.synthetic import texture_bank
+from viadk8s.metrics import verify
 from viadk8s.results import HISTOGRAM, RESULT, SCORES, DataSummary, RunResult, Timings, run_prefix
 from viadk8s.spec import RunSpec
 from viadk8s.store import Store
@@ -41,6 +45,19 @@ def _anomaly_source(config: Config, notes: list[str]) -> Path:
         return Path(config.weights_dir) / "dtd"
     notes.append("anomaly source: generated textures (stage DTD under $VIADK8S_WEIGHTS_DIR/dtd for the paper's setting)")
     return texture_bank(config.cache_path / "anomaly_source")
+
+
+def _image_summary(dataset: DatasetEntry, samples: list[Sample], notes: list[str]) -> dict[str, Any]:
+    """The bit depth images are scaled by (configured, or detected from the train images), and
+    masks whose size differs from their image's (resized with nearest neighbour): for result.json."""
+    if dataset.bit_depth:
+        bit_depth, how = dataset.bit_depth, "configured (datasets.<name>.bit_depth)"
+    else:
+        bit_depth, how = detect_bit_depth(s.image_path for s in samples if s.split == "train" and s.label == 0)
+    resized = [s.mask_path for s in samples if s.mask_path and inspect(s.mask_path).size != inspect(s.image_path).size]
+    if resized:
+        notes.append(f"{len(resized)} masks differ in size from their image and were resized (nearest), e.g. {resized[0]}")
+    return {"bit_depth": bit_depth, "bit_depth_source": how, "masks_resized": len(resized)}
 
 
 def _peak_memory(device: str) -> tuple[float, str]:
@@ -99,18 +116,26 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="viadk8s-run-") as tmp:
         work = Path(tmp)
-        prepared = prepare(spec, samples, work)
+        images = _image_summary(datasets.entry(spec.dataset), samples, notes)
+        prepared = prepare(spec, samples, work, images["bit_depth"])
         pixel = masks_known and has_pixel_masks(prepared.split("test"))
         monitor = spec.variant.monitor if spec.variant.validation != "last_epoch" else None
         seed_everything(spec.seed, workers=True, verbose=False)
         data = SamplesDataModule(
-            f"{spec.dataset}-{spec.category}", prepared.samples, prepared.labelled_train, spec.trainer.batch_size, spec.seed
+            f"{spec.dataset}-{spec.category}",
+            prepared.samples,
+            prepared.labelled_train,
+            spec.trainer.batch_size,
+            spec.seed,
+            images["bit_depth"],
         )
         with quirks_fixed(entry, spec.weights == "imagenet"), cached_weights_only():
-            model = build_model(spec, entry, _anomaly_source(config, notes), pixel, monitor)
-            outcome = train_and_test(spec, model, data, work)
+            model = build_model(spec, entry, _anomaly_source(config, notes), monitor)
+            outcome = train_and_test(spec, model, data, work, pixel)
         result = _result(spec, prepared, pixel, outcome, device, notes)
+        result.data.images = images
         write_scores(outcome.scores, work / SCORES)
+        verify(result.metrics, pd.read_csv(work / SCORES))  # what we report is what scores.csv gives
         write_histogram(outcome.scores, spec, work / HISTOGRAM)
         artifacts = [work / SCORES, work / HISTOGRAM, *prepared.files]
         prefix = run_prefix(spec)

@@ -15,24 +15,33 @@ from typing import Any
 
 import pandas as pd
 import torch
+from anomalib import TaskType
 from anomalib.callbacks.checkpoint import ModelCheckpoint
-from anomalib.data import AnomalibDataModule
+from anomalib.data import AnomalibDataModule, ImageItem
 from anomalib.data.datasets.image.tabular import TabularDataset
-from anomalib.data.utils import TestSplitMode, ValSplitMode
+from anomalib.data.utils import LabelName, TestSplitMode, ValSplitMode
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping
+from torchvision.tv_tensors import Image as TvImage
+from torchvision.tv_tensors import Mask
 
+from viadk8s import metrics
+from viadk8s.data.images import read_image, read_mask
 from viadk8s.data.layout import Sample
 from viadk8s.spec import RunSpec
 
 
-class ScoreCollector(Callback):
-    """Keeps every test image's raw score, for scores.csv and the histogram."""
+class PredictionCollector(Callback):
+    """Keeps a copy of every test image's raw score and label, and, for pixel metrics, its anomaly
+    map and mask: the test metrics are computed from exactly these (and the scores go to scores.csv)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pixel: bool) -> None:
+        self.pixel = pixel
         self.rows: list[dict[str, Any]] = []
+        self.maps: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor] = []
 
     def on_test_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -42,9 +51,21 @@ class ScoreCollector(Callback):
         self.rows += [
             {"image_path": p, "label": y, "score": s} for p, y, s in zip(outputs.image_path, labels, scores, strict=True)
         ]
+        if self.pixel:
+            size = outputs.gt_mask.shape[-2:]
+            self.maps.append(outputs.anomaly_map.detach().float().reshape(-1, *size).to("cpu", copy=True))
+            self.masks.append(outputs.gt_mask.detach().reshape(-1, *size).to("cpu", torch.bool, copy=True))
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["image_path", "label", "score"])
+
+    def metrics(self) -> dict[str, float]:
+        """The protocol's test metrics of everything collected (pixel ones only when collected)."""
+        frame = self.frame()
+        found = metrics.image_metrics(torch.tensor(frame["score"].to_numpy()), torch.tensor(frame["label"].to_numpy()))
+        if self.pixel:
+            found |= metrics.pixel_metrics(torch.cat(self.maps), torch.cat(self.masks))
+        return found
 
 
 class ValidationHistory(Callback):
@@ -60,10 +81,42 @@ class ValidationHistory(Callback):
             self.points.append({"epoch": trainer.current_epoch + 1, self.monitor: round(float(value), 6)})
 
 
+class SamplesDataset(TabularDataset):
+    """anomalib's table of samples, read by :mod:`viadk8s.data.images`: 16-bit images keep their
+    range, any non-zero mask pixel is defect, a bad file is a one-line data error naming it."""
+
+    def __init__(self, name: str, samples: pd.DataFrame, bit_depth: int) -> None:
+        super().__init__(name=name, samples=samples)
+        self.bit_depth = bit_depth
+
+    def __getitem__(self, index: int) -> ImageItem:
+        row = self.samples.iloc[index]
+        image = TvImage(read_image(row.image_path, self.bit_depth))
+        gt_mask = None
+        if self.task == TaskType.SEGMENTATION:
+            size = tuple(image.shape[-2:])
+            abnormal = row.label_index == LabelName.ABNORMAL
+            gt_mask = Mask(read_mask(row.mask_path, size) if abnormal else torch.zeros(size, dtype=torch.uint8))
+        if self.augmentations:  # as anomalib's own datasets do
+            if gt_mask is None:
+                image = self.augmentations(image)
+            else:
+                image, gt_mask = self.augmentations(image, gt_mask)
+        return ImageItem(
+            image=image,
+            gt_mask=gt_mask,
+            gt_label=torch.tensor(row.label_index),
+            image_path=row.image_path,
+            mask_path=row.mask_path,
+        )
+
+
 class SamplesDataModule(AnomalibDataModule):
     """Exactly the train, validation and test samples the worker chose (no splitting of its own)."""
 
-    def __init__(self, name: str, samples: list[Sample], labelled_train: bool, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, name: str, samples: list[Sample], labelled_train: bool, batch_size: int, seed: int, bit_depth: int = 8
+    ) -> None:
         has_val = any(s.split == "val" for s in samples)
         super().__init__(
             train_batch_size=batch_size,
@@ -74,13 +127,13 @@ class SamplesDataModule(AnomalibDataModule):
             seed=seed,
         )
         # set after the base class, which owns attributes such as ``_samples``
-        self._name, self.run_samples, self.labelled_train = name, samples, labelled_train
+        self._name, self.run_samples, self.labelled_train, self.bit_depth = name, samples, labelled_train, bit_depth
 
     @property
     def name(self) -> str:
         return self._name
 
-    def _dataset(self, split: str) -> TabularDataset:
+    def _dataset(self, split: str) -> SamplesDataset:
         rows = []
         for s in self.run_samples:
             if s.split != split:
@@ -97,7 +150,7 @@ class SamplesDataModule(AnomalibDataModule):
                     "split": "train" if split == "train" and label == 0 else "test",
                 }
             )
-        return TabularDataset(name=self._name, samples=pd.DataFrame(rows))
+        return SamplesDataset(self._name, pd.DataFrame(rows), self.bit_depth)
 
     def _setup(self, _stage: str | None = None) -> None:
         self.train_data = self._dataset("train")
@@ -124,8 +177,8 @@ def accelerator() -> str:
     return chosen
 
 
-def train_and_test(spec: RunSpec, model: AnomalibModule, data: SamplesDataModule, work: Path) -> Outcome:
-    collector = ScoreCollector()
+def train_and_test(spec: RunSpec, model: AnomalibModule, data: SamplesDataModule, work: Path, pixel: bool) -> Outcome:
+    collector = PredictionCollector(pixel)
     variant = spec.variant
     early = variant.validation != "last_epoch"
     history = ValidationHistory(variant.monitor)
@@ -160,8 +213,6 @@ def train_and_test(spec: RunSpec, model: AnomalibModule, data: SamplesDataModule
         checkpoint = best.best_model_path
         tested_epoch = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1
     start = time.perf_counter()
-    tested = engine.test(model, datamodule=data, ckpt_path=checkpoint, verbose=False)
+    engine.test(model, datamodule=data, ckpt_path=checkpoint, verbose=False)
     test_s = time.perf_counter() - start
-    return Outcome(
-        {k: float(v) for k, v in tested[0].items()}, collector.frame(), fit_s, test_s, epochs_run, tested_epoch, history.points
-    )
+    return Outcome(collector.metrics(), collector.frame(), fit_s, test_s, epochs_run, tested_epoch, history.points)

@@ -30,8 +30,9 @@ class Prepared:
         return [s for s in self.samples if s.split == name]
 
 
-def prepare(spec: RunSpec, samples: list[Sample], work: Path) -> Prepared:
-    """Train/val/test samples for one run; a bad combination is a SpecError."""
+def prepare(spec: RunSpec, samples: list[Sample], work: Path, bit_depth: int = 8) -> Prepared:
+    """Train/val/test samples for one run; a bad combination is a SpecError. ``bit_depth`` is the
+    dataset's (drifted copies keep it)."""
     variant, seed = spec.variant, spec.seed
     record: dict[str, Any] = {}
     files: list[Path] = []
@@ -48,7 +49,7 @@ def prepare(spec: RunSpec, samples: list[Sample], work: Path) -> Prepared:
         record["train_fraction"] = variant.train_fraction
     samples = _validation(variant.validation, samples, seed, work, record)
     if variant.drift == "synthetic":
-        samples = write_drifted_test_set(samples, seed, work / "drift")
+        samples = write_drifted_test_set(samples, seed, work / "drift", bit_depth)
         files.append(work / "drift" / "drift.json")
         record["drift"] = "synthetic (recipes in drift.json)"
     return Prepared(samples, labelled_train=bool(variant.supervised_k), record=record, files=files)

@@ -1,0 +1,121 @@
+"""InReaCh: fully unsupervised anomaly detection with inter-realization channels.
+
+Training-free, like PatchCore: one pass collects the frozen backbone's patch features of every
+training image (labelled or not, possibly contaminated), then the nominal bank is built from the
+channels that associate patches across images. Testing scores each patch by its squared distance to
+the nearest nominal patch.
+
+Paper: `Inter-Realization Channels: Unsupervised Anomaly Detection Beyond One-Class Classification
+<https://openaccess.thecvf.com/content/ICCV2023/html/McIntosh_Inter-Realization_Channels_Unsupervised_Anomaly_Detection_Beyond_One-Class_Classification_ICCV_2023_paper.html>`_
+(McIntosh, Albu; ICCV 2023).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule, MemoryBankMixin
+from anomalib.post_processing import PostProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn
+
+from viadk8s.models.inreach.torch_model import InreachModel
+
+
+class Inreach(MemoryBankMixin, AnomalibModule):
+    """InReaCh Lightning module.
+
+    The pre-processor is anomalib's default: resize to the given size and ImageNet normalisation,
+    no centre crop (the protocol's). See :class:`InreachModel` for the arguments shared with it.
+
+    Args:
+        seed: seeds the choice of seed images; ``None``: the seed torch was last seeded with (the
+            run seed Lightning's ``seed_everything`` set before the model was built).
+        pre_processor: pre-processor instance or flag.
+        post_processor: post-processor instance or flag.
+        evaluator: evaluator instance or flag.
+        visualizer: visualizer instance or flag.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2.tv_in1k",
+        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+        pre_trained: bool = True,
+        embedding_dim: int = 1024,
+        num_seeds: int = 10,
+        min_channel_members: int = 3,
+        max_channel_spread: float = 5.0,
+        position_channels: bool | None = None,
+        position_weight: float = 5.0,
+        alignment_threshold: float = 1000.0,
+        sigma: float = 13.0,
+        max_distance_mib: int = 512,
+        seed: int | None = None,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = InreachModel(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            embedding_dim=embedding_dim,
+            num_seeds=num_seeds,
+            min_channel_members=min_channel_members,
+            max_channel_spread=max_channel_spread,
+            position_channels=position_channels,
+            position_weight=position_weight,
+            alignment_threshold=alignment_threshold,
+            sigma=sigma,
+            max_distance_mib=max_distance_mib,
+            seed=torch.initial_seed() if seed is None else seed,
+        )
+
+    @staticmethod
+    def configure_optimizers() -> None:
+        """InReaCh learns nothing by gradient."""
+        return
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:
+        """Keep the batch's patch features, by image path (the order of arrival does not matter)."""
+        del args, kwargs
+        self.model.collect(batch.image, batch.image_path)
+        return torch.tensor(0.0, requires_grad=True, device=self.device)  # Lightning wants a loss
+
+    def fit(self) -> None:
+        """Build the nominal bank from the collected features (once, at the end of the epoch)."""
+        self.model.fit()
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Scores and maps of a validation batch."""
+        del args, kwargs
+        return batch.update(**self.model(batch.image)._asdict())
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """One pass over the training images, no gradient clipping, no sanity validation."""
+        return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0, "devices": 1}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class in anomalib's terms: it trains on the training split, whose labels it never reads."""
+        return LearningType.ONE_CLASS
+
+    @staticmethod
+    def configure_post_processor() -> PostProcessor:
+        """Anomalib's default post-processor (the benchmark passes its own, without normalisation)."""
+        return PostProcessor()
