@@ -1,0 +1,152 @@
+"""MSFlow Lightning model: training by maximum likelihood, one anomaly map at test time.
+
+Paper:
+    Title: MSFlow: Multi-Scale Flow-based Framework for Unsupervised Anomaly Detection
+    Authors: Yixuan Zhou, Xing Xu, Jingkuan Song, Fumin Shen, Heng Tao Shen
+    Venue: IEEE Transactions on Neural Networks and Learning Systems, 2024
+    URL: https://arxiv.org/abs/2308.15300
+
+Example:
+    >>> from anomalib.engine import Engine
+    >>> from viadk8s.models.msflow import Msflow
+    >>> model = Msflow(pre_trained=False)
+    >>> Engine(max_epochs=100).fit(model, datamodule=datamodule)  # doctest: +SKIP
+
+See Also:
+    :class:`viadk8s.models.msflow.torch_model.MsflowModel`: the network.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import optim
+
+from viadk8s.models.components import FeatureCache
+
+from .torch_model import MsflowModel, nll_loss
+
+WARMUP_FROM = 0.1  # the learning rate starts at 0.1x and rises linearly to 1x over the warm-up epochs
+DECAY_AT = (0.7, 0.9)  # shares of the training epochs after which the learning rate is multiplied by DECAY
+DECAY = 0.33
+GRADIENT_CLIP_NORM = 2.0
+
+
+def learning_rate_factor(epoch: int, max_epochs: int, warmup_epochs: int) -> float:
+    """Multiplier of the base learning rate in ``epoch`` (0-based): linear warm-up, then step decay."""
+    warmup = WARMUP_FROM + (1 - WARMUP_FROM) * epoch / warmup_epochs if epoch < warmup_epochs else 1.0
+    return warmup * DECAY ** sum(epoch >= round(share * max_epochs) for share in DECAY_AT)
+
+
+class Msflow(AnomalibModule):
+    """MSFlow: multi-scale normalising flows on frozen CNN features.
+
+    Args:
+        backbone: timm name of the frozen CNN. Defaults to ``"wide_resnet50_2.tv_in1k"`` (torchvision's
+            ImageNet weights, as the official code).
+        layers: layers giving the scales, one parallel flow each. Defaults to layers 1-3.
+        pre_trained: load the backbone's ImageNet weights. Defaults to ``True``.
+        flow_blocks: coupling blocks of each scale's parallel flow. Defaults to ``(2, 5, 8)``.
+        clamp: affine clamping of the couplings. Defaults to ``1.9``.
+        condition_channels: channels of the positional encoding. Defaults to ``64``.
+        top_k: share of the anomaly map's highest pixels averaged into the image score.
+            Defaults to ``0.03``.
+        learning_rate: Adam's base learning rate. Defaults to ``1e-4``.
+        warmup_epochs: epochs of linear warm-up from 0.1x. Defaults to ``3``.
+        cache_features: compute the frozen backbone's features of each training image once per run
+            (training images are not augmented, so every epoch would recompute the same numbers).
+            Defaults to ``True``.
+        pre_processor: resize and ImageNet normalisation (no crop). Defaults to ``True``.
+        post_processor: Defaults to ``True``.
+        evaluator: Defaults to ``True``.
+        visualizer: Defaults to ``True``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2.tv_in1k",
+        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+        pre_trained: bool = True,
+        flow_blocks: Sequence[int] = (2, 5, 8),
+        clamp: float = 1.9,
+        condition_channels: int = 64,
+        top_k: float = 0.03,
+        learning_rate: float = 1e-4,
+        warmup_epochs: int = 3,
+        cache_features: bool = True,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = MsflowModel(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            flow_blocks=flow_blocks,
+            clamp=clamp,
+            condition_channels=condition_channels,
+            top_k=top_k,
+        )
+        self.learning_rate = learning_rate
+        self.warmup_epochs = warmup_epochs
+        self.feature_cache = FeatureCache(self.model.extract) if cache_features else None
+
+    def training_features(self, batch: Batch) -> list[torch.Tensor]:
+        """The pooled backbone features of a training batch, from the cache when it is on."""
+        if self.feature_cache is None:
+            return self.model.extract(batch.image)
+        return self.feature_cache(batch.image, batch.image_path)
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Negative log-likelihood of the batch's features (per feature dimension)."""
+        del args, kwargs  # These variables are not used.
+        latents, log_det = self.model.flows(self.training_features(batch))
+        loss = nll_loss(latents, log_det)
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
+        return {"loss": loss}
+
+    def on_train_end(self) -> None:
+        """Release the cached features: testing does not use them."""
+        if self.feature_cache is not None:
+            self.feature_cache.clear()
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Image scores and anomaly maps of a validation batch."""
+        del args, kwargs  # These variables are not used.
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Adam on the flows; warm-up, then x0.33 at 70 % and 90 % of the trainer's epochs."""
+        optimizer = optim.Adam((p for p in self.model.flows.parameters() if p.requires_grad), lr=self.learning_rate)
+        factor = functools.partial(learning_rate_factor, max_epochs=self.trainer.max_epochs, warmup_epochs=self.warmup_epochs)
+        scheduler = optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Gradient-norm clipping at 2, as in the paper's training; no sanity validation."""
+        return {"gradient_clip_val": GRADIENT_CLIP_NORM, "gradient_clip_algorithm": "norm", "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """MSFlow learns from normal images only."""
+        return LearningType.ONE_CLASS
