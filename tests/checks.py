@@ -10,6 +10,29 @@ import pandas as pd
 import pytest
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
+from viadk8s.results import DataSummary, RunResult, Timings
+from viadk8s.spec import RunSpec
+
+
+def made_up_result(spec: RunSpec, auroc: float = 0.9) -> RunResult:
+    """A valid result of ``spec`` with made-up numbers, as a finished run would leave it."""
+    return RunResult(
+        run_key=spec.run_key,
+        spec=spec,
+        metrics={"image_AUROC": auroc, "image_F1Max": 0.8, "image_PG2": 0.5, "image_PB2": 0.6},
+        timings=Timings(fit_s=1, test_s=1, test_images_per_s=10, peak_memory_mb=100, memory_kind="cpu_rss"),
+        data=DataSummary(n_train=10, n_test_good=6, n_test_bad=6, pixel_masks=False),
+        epochs=1,
+        device="cpu",
+        versions={},
+        finished_at="2026-11-23T00:00:00+00:00",
+    )
+
+
+def stored_result(spec: RunSpec) -> bytes:
+    """The bytes of a valid result.json of ``spec``."""
+    return made_up_result(spec).model_dump_json().encode()
+
 
 def presorted(scores: pd.DataFrame, n: float = 2) -> tuple[float, float]:
     """PG_n and PB_n exactly as protocol.md defines them."""

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.checks import stored_result
 from viadk8s.cli import app
 from viadk8s.config import Config, load_config
 from viadk8s.errors import InfraError, SpecError
@@ -155,7 +156,7 @@ def test_submit_creates_jobs_and_a_resubmission_creates_none(api: Server, config
 def test_submit_skips_runs_whose_result_is_in_the_store(api: Server, config: Config) -> None:
     planned = _plan(config)
     done = planned.runnable[0]
-    open_store(config.store_uri).write_bytes(f"{run_prefix(done)}/{RESULT}", b"{}")
+    open_store(config.store_uri).write_bytes(f"{run_prefix(done)}/{RESULT}", stored_result(done))
     report = jobs.submit(planned, config, _cluster(config))
     assert report.done == [done.run_key] and len(report.created) == 1
     assert done.run_key not in report.created[0]

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from viadk8s import catalog
 from viadk8s.cli import app
+from viadk8s.cluster_config import ClusterSettings, with_overrides
 from viadk8s.config import Config, load_config
 from viadk8s.errors import SpecError
 from viadk8s.k8s.client import resolve_namespace
@@ -40,7 +41,6 @@ from viadk8s.k8s.render import (
     render_sweep,
     to_yaml_json,
 )
-from viadk8s.k8s.settings import ClusterSettings, with_overrides
 from viadk8s.plan import Selection, plan
 from viadk8s.spec import RunSpec
 
@@ -156,7 +156,8 @@ def test_paper_datasets_render_valid_unique_names() -> None:
     config = load_config()
     rendered = render_sweep(plan("evaluation", Selection(datasets=["paper"]), config), config, "bench")
     names = [job.name for job in rendered.jobs]
-    assert len(names) == len(set(names)) == 5 * (12 + 6 + 3 + 1 + 10 + 4 + 8 + 12 + 2)  # 5 models in anomalib
+    runnable = [m for m in catalog.experiment("evaluation").models if catalog.models()[m].available]
+    assert len(names) == len(set(names)) == len(runnable) * (12 + 6 + 3 + 1 + 10 + 4 + 8 + 12 + 2)
     for job in rendered.jobs:
         assert DNS_LABEL.match(job.name)
         assert all(LABEL_VALUE.match(v) for v in job.body["metadata"]["labels"].values())

@@ -8,29 +8,19 @@ from pathlib import Path
 
 import yaml
 
-from viadk8s.results import RESULT, DataSummary, RunResult, Timings, is_done, load_results, run_prefix
+from tests.checks import made_up_result
+from viadk8s.results import RESULT, RunResult, is_done, load_results, run_prefix
 from viadk8s.spec import RunSpec
 from viadk8s.store import FileStore
 
 
-def _result(category: str) -> RunResult:
-    spec = RunSpec(sweep="s", experiment="evaluation", model="padim", dataset="tiny", category=category, seed=1)
-    return RunResult(
-        run_key=spec.run_key,
-        spec=spec,
-        metrics={"image_AUROC": 0.9, "image_F1Max": 0.8, "image_PG2": 0.5, "image_PB2": 0.6},
-        timings=Timings(fit_s=1, test_s=1, test_images_per_s=10, peak_memory_mb=100, memory_kind="cpu_rss"),
-        data=DataSummary(n_train=10, n_test_good=6, n_test_bad=6, pixel_masks=False),
-        epochs=1,
-        device="cpu",
-        versions={},
-        finished_at="2026-11-23T00:00:00+00:00",
-    )
+def _spec(category: str) -> RunSpec:
+    return RunSpec(sweep="s", experiment="evaluation", model="padim", dataset="tiny", category=category, seed=1)
 
 
 def _store(tmp_path: Path) -> tuple[FileStore, list[RunResult]]:
     store = FileStore(tmp_path / "store")
-    results = [_result("tiles"), _result("fabric")]
+    results = [made_up_result(_spec(c)) for c in ("tiles", "fabric")]
     for result in results:
         store.write_bytes(f"{run_prefix(result.spec)}/{RESULT}", result.model_dump_json().encode())
     return store, results

@@ -13,11 +13,12 @@ import boto3
 import pytest
 import yaml
 
+from tests.checks import made_up_result
 from tests.conftest import TINY
 from tests.servers import BUCKET, MlflowServer, S3Server, free_port, mlflow_server, seaweedfs
 from viadk8s.catalog import SyntheticOptions
 from viadk8s.data.synthetic import ensure_category
-from viadk8s.results import RESULT, DataSummary, RunResult, Timings, load_results, run_prefix
+from viadk8s.results import RESULT, RunResult, load_results, run_prefix
 from viadk8s.spec import RunSpec
 from viadk8s.store import open_store
 
@@ -281,11 +282,7 @@ def test_mlflow_down_keeps_result_then_sync(cli, tmp_path: Path, s3_env: dict[st
 
 def fake_result(category: str, auroc: float) -> RunResult:
     spec = RunSpec(sweep="inc", experiment="evaluation", model="padim", dataset="synthetic", category=category, seed=1)
-    return RunResult(
-        run_key=spec.run_key, spec=spec, metrics={"image_AUROC": auroc}, epochs=1, device="cpu", versions={},
-        timings=Timings(fit_s=1, test_s=1, test_images_per_s=1, peak_memory_mb=1, memory_kind="cpu_rss"),
-        data=DataSummary(n_train=1, n_test_good=1, n_test_bad=1, pixel_masks=False), finished_at="now",
-    )  # fmt: skip
+    return made_up_result(spec, auroc)
 
 
 def test_aggregation_from_s3_fetches_only_new_or_changed_results(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:

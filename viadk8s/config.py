@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from viadk8s import catalog
 from viadk8s.catalog import BitDepth, DatasetEntry, SyntheticOptions
+from viadk8s.cluster_config import ClusterSettings, apply_env
 from viadk8s.errors import SpecError, one_of, validation_message
-from viadk8s.k8s.settings import ClusterSettings, apply_env
 from viadk8s.store import Store, open_store
 
 DEFAULT_STORE = "viadk8s-runs"

@@ -42,8 +42,8 @@ DryRun = Annotated[str | None, typer.Option("--dry-run", help="client: render an
 
 def _cluster_config(config: str | None, store: str | None = None, **cluster_flags: str | None) -> Config:
     """The config with --namespace/--context/--image applied over env and file (a Config)."""
+    from viadk8s.cluster_config import with_overrides
     from viadk8s.config import load_config
-    from viadk8s.k8s.settings import with_overrides
 
     cfg = load_config(config, store=store)
     return cfg.model_copy(update={"cluster": with_overrides(cfg.cluster, **cluster_flags)})

@@ -20,8 +20,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import ConfigException
 
+from viadk8s.cluster_config import ClusterSettings
 from viadk8s.errors import InfraError, SpecError, one_of
-from viadk8s.k8s.settings import ClusterSettings
 
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 #: (connect, read) seconds per API call: an unreachable server fails fast instead of hanging.

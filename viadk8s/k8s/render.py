@@ -22,9 +22,9 @@ import jinja2
 import yaml
 
 from viadk8s import __version__
+from viadk8s.cluster_config import ClusterSettings
 from viadk8s.config import Config
 from viadk8s.errors import SpecError, Viadk8sError
-from viadk8s.k8s.settings import ClusterSettings
 from viadk8s.plan import Plan
 from viadk8s.spec import RunSpec
 from viadk8s.worker.env import worker_env
