@@ -42,6 +42,7 @@ image:
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/models.py
 
 clean:
 	rm -rf viadk8s-runs .pytest_cache

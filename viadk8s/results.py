@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 class Timings(BaseModel):
     fit_s: float
+    epoch_s: list[float] = []  # each training epoch (the first may differ: caches fill)
     test_s: float
     test_images_per_s: float
     peak_memory_mb: float

@@ -32,7 +32,7 @@ from viadk8s.results import HISTOGRAM, RESULT, SCORES, DataSummary, RunResult, T
 from viadk8s.spec import RunSpec
 from viadk8s.store import Store
 from viadk8s.tracking import log_run
-from viadk8s.worker.adapters import build_model, quirks_fixed
+from viadk8s.worker.adapters import build_model, model_class, quirks_fixed
 from viadk8s.worker.outputs import write_histogram, write_scores
 from viadk8s.worker.training import Outcome, SamplesDataModule, accelerator, train_and_test
 from viadk8s.worker.variants import Prepared, prepare
@@ -85,6 +85,7 @@ def _result(spec: RunSpec, prepared: Prepared, pixel: bool, outcome: Outcome, de
         device=torch.cuda.get_device_name() if device == "gpu" else f"cpu ({os.cpu_count()} cores)",
         timings=Timings(
             fit_s=round(outcome.fit_s, 3),
+            epoch_s=outcome.epoch_s,
             test_s=round(outcome.test_s, 3),
             memory_kind=kind,
             test_images_per_s=round(len(outcome.scores) / outcome.test_s, 2),
@@ -128,6 +129,7 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
             spec.trainer.batch_size,
             spec.seed,
             images["bit_depth"],
+            balanced=getattr(model_class(entry), "balanced_batches", None),  # a model's own batch recipe
         )
         with quirks_fixed(entry, spec.weights == "imagenet"), cached_weights_only():
             model = build_model(spec, entry, _anomaly_source(config, notes), monitor)

@@ -24,12 +24,14 @@ from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping
+from torch.utils.data import DataLoader
 from torchvision.tv_tensors import Image as TvImage
 from torchvision.tv_tensors import Mask
 
 from viadk8s import metrics
 from viadk8s.data.images import read_image, read_mask
 from viadk8s.data.layout import Sample
+from viadk8s.data.supervised import BalancedBatches, balanced_loader
 from viadk8s.spec import RunSpec
 
 
@@ -66,6 +68,20 @@ class PredictionCollector(Callback):
         if self.pixel:
             found |= metrics.pixel_metrics(torch.cat(self.maps), torch.cat(self.masks))
         return found
+
+
+class EpochTimer(Callback):
+    """Seconds of each training epoch: the first one may differ (feature caches fill, warm-up)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.seconds.append(round(time.perf_counter() - self._start, 3))
 
 
 class ValidationHistory(Callback):
@@ -112,10 +128,18 @@ class SamplesDataset(TabularDataset):
 
 
 class SamplesDataModule(AnomalibDataModule):
-    """Exactly the train, validation and test samples the worker chose (no splitting of its own)."""
+    """Exactly the train, validation and test samples the worker chose (no splitting of its own).
+    ``balanced``: a model's request for balanced supervised batches, served in supervised runs."""
 
     def __init__(
-        self, name: str, samples: list[Sample], labelled_train: bool, batch_size: int, seed: int, bit_depth: int = 8
+        self,
+        name: str,
+        samples: list[Sample],
+        labelled_train: bool,
+        batch_size: int,
+        seed: int,
+        bit_depth: int = 8,
+        balanced: BalancedBatches | None = None,
     ) -> None:
         has_val = any(s.split == "val" for s in samples)
         super().__init__(
@@ -128,6 +152,7 @@ class SamplesDataModule(AnomalibDataModule):
         )
         # set after the base class, which owns attributes such as ``_samples``
         self._name, self.run_samples, self.labelled_train, self.bit_depth = name, samples, labelled_train, bit_depth
+        self.balanced = balanced
 
     @property
     def name(self) -> str:
@@ -152,6 +177,14 @@ class SamplesDataModule(AnomalibDataModule):
             )
         return SamplesDataset(self._name, pd.DataFrame(rows), self.bit_depth)
 
+    def train_dataloader(self) -> DataLoader:
+        """Half normal, half labelled anomalies (viadk8s.data.supervised) where asked; else anomalib's."""
+        if not (self.labelled_train and self.balanced):
+            return super().train_dataloader()
+        labels = self.train_data.samples.label_index.tolist()
+        loader_args = {"num_workers": self.num_workers, "collate_fn": self.train_data.collate_fn}
+        return balanced_loader(self.train_data, labels, self.balanced, self.train_batch_size, self.seed, **loader_args)
+
     def _setup(self, _stage: str | None = None) -> None:
         self.train_data = self._dataset("train")
         self.test_data = self._dataset("test")
@@ -168,6 +201,7 @@ class Outcome:
     epochs_run: int
     tested_epoch: int  # the epoch whose weights were tested (early stop: the best on validation)
     validation: list[dict[str, float]]
+    epoch_s: list[float]
 
 
 def accelerator() -> str:
@@ -182,7 +216,8 @@ def train_and_test(spec: RunSpec, model: AnomalibModule, data: SamplesDataModule
     variant = spec.variant
     early = variant.validation != "last_epoch"
     history = ValidationHistory(variant.monitor)
-    callbacks: list[Callback] = [collector]
+    timer = EpochTimer()
+    callbacks: list[Callback] = [collector, timer]
     if early:
         best = ModelCheckpoint(dirpath=work / "checkpoints", filename="best", monitor=variant.monitor, mode="max", save_top_k=1)
         callbacks += [history, best, EarlyStopping(monitor=variant.monitor, mode="max", patience=variant.patience)]
@@ -215,4 +250,4 @@ def train_and_test(spec: RunSpec, model: AnomalibModule, data: SamplesDataModule
     start = time.perf_counter()
     engine.test(model, datamodule=data, ckpt_path=checkpoint, verbose=False)
     test_s = time.perf_counter() - start
-    return Outcome(collector.metrics(), collector.frame(), fit_s, test_s, epochs_run, tested_epoch, history.points)
+    return Outcome(collector.metrics(), collector.frame(), fit_s, test_s, epochs_run, tested_epoch, history.points, timer.seconds)

@@ -1,0 +1,101 @@
+"""Our models' cost: fit seconds per epoch with and without the frozen-feature cache, peak memory,
+test images/s, at 128 and 256 px, each run a fresh ``viadk8s worker`` process on one synthetic category.
+
+The cache's gain is measured in the same run: the mean training epoch after the first (cache on;
+the first fills it) against the mean uncached epoch, both from the result's ``timings.epoch_s``.
+A model without a ``cache_features`` switch (InReaCh: one epoch; fine-tuned backbones) is timed once.
+
+    python benchmarks/models.py [--models simplenet,msflow,inreach] [--sizes 128,256] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+from overhead import run_child
+
+from viadk8s import catalog
+from viadk8s.catalog import SyntheticOptions
+
+# the worker, with the catalog entry's init_args extended by cache_features (a speed switch, not a spec field)
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from viadk8s.worker.env import prepare_process
+    prepare_process()
+    from viadk8s import catalog
+    key, cache, config = sys.argv[1], sys.argv[2], sys.argv[3]
+    if cache != "none":
+        entry = catalog.models()[key]
+        catalog.models()[key] = entry.model_copy(update={"init_args": {**entry.init_args, "cache_features": cache == "on"}})
+    from viadk8s.worker import main
+    sys.exit(main(sys.stdin.read(), config))
+    """
+)
+
+
+def has_cache_switch(model: str) -> bool:
+    from viadk8s.worker.adapters import model_class
+
+    return "cache_features" in inspect.signature(model_class(catalog.model(model)).__init__).parameters
+
+
+def measure(model: str, size: int, epochs: int, cache: str, work: Path, env: dict[str, str]) -> dict[str, float]:
+    """One worker run; its result's fit seconds, test images/s and the process's peak RSS (MB)."""
+    sweep = f"b-{model}-{size}-{epochs}-{cache}".replace("_", "-")
+    spec = {"sweep": sweep, "experiment": "evaluation", "model": model, "dataset": "bench", "category": "tiles"}
+    spec |= {"seed": 3341, "image_size": size, "weights": "random", "trainer": {"max_epochs": epochs}}
+    _, rss = run_child([sys.executable, "-c", CHILD, model, cache, str(work / "viadk8s.yaml")], json.dumps(spec), env)
+    (path,) = (work / "store" / "runs" / sweep).glob("*/result.json")
+    result = json.loads(path.read_text())
+    timings = result["timings"]
+    return {"epoch_s": timings["epoch_s"], "images_per_s": timings["test_images_per_s"], "rss_mb": rss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="simplenet,msflow,inreach")
+    parser.add_argument("--sizes", default="128,256")
+    parser.add_argument("--epochs", type=int, default=3, help="at least 2: the first cached epoch fills the cache")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="viadk8s-bench-models-"))
+    options = SyntheticOptions(categories=["tiles"], n_train=24, n_test_good=8, n_test_bad=8, size=256)
+    (work / "viadk8s.yaml").write_text(
+        f"store: {work / 'store'}\ndatasets: {{bench: {{synthetic: {options.model_dump_json()}}}}}\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    print(
+        f"{options.n_train} train / {options.n_test_good + options.n_test_bad} test images, random weights, {os.cpu_count()} CPUs"
+    )
+    header = (
+        f"{'model':<11}{'px':>5}{'s/epoch uncached':>18}{'s/epoch cached':>16}{'ratio':>7}{'RSS MB off/on':>15}{'test img/s':>12}"
+    )
+    print(header)
+    for model in args.models.split(","):
+        for size in map(int, args.sizes.split(",")):
+            if not has_cache_switch(model):
+                once = measure(model, size, 1, "none", work, env)
+                print(
+                    f"{model:<11}{size:>5}{once['fit_s']:>18.2f}{'-':>16}{'-':>7}{once['rss_mb']:>15.0f}{once['images_per_s']:>12.1f}"
+                )
+                continue
+            off = measure(model, size, args.epochs, "off", work, env)
+            on = measure(model, size, args.epochs, "on", work, env)
+            uncached = sum(off["epoch_s"]) / len(off["epoch_s"])
+            cached = sum(on["epoch_s"][1:]) / len(on["epoch_s"][1:])
+            rss = f"{off['rss_mb']:.0f}/{on['rss_mb']:.0f}"
+            print(
+                f"{model:<11}{size:>5}{uncached:>18.2f}{cached:>16.2f}{cached / uncached:>7.2f}{rss:>15}"
+                f"{on['images_per_s']:>12.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
