@@ -40,11 +40,12 @@ def test_model_fits_and_tests_offline(cli, tmp_path: Path, model: str) -> None: 
     assert all(metrics[m] is not None and 0 <= metrics[m] <= 1 for m in catalog.METRICS if pixel or m.startswith("image_"))
 
 
-def test_missing_pretrained_weights_name_the_file(cli, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(("model", "repo"), [("padim", "wide_resnet50_2.racm_in1k"), ("simplenet", "wide_resnet50_2.tv_in1k")])
+def test_missing_pretrained_weights_name_the_file(cli, tmp_path: Path, model: str, repo: str) -> None:  # noqa: ANN001
     spec = {
         "sweep": "w",
         "experiment": "evaluation",
-        "model": "padim",
+        "model": model,
         "dataset": "synthetic",
         "category": "tiles",
         "seed": 1,
@@ -62,5 +63,6 @@ def test_missing_pretrained_weights_name_the_file(cli, tmp_path: Path) -> None: 
     )
     assert done.returncode == 2, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert "pretrained weights timm/wide_resnet50_2" in last and str(tmp_path / "weights" / "huggingface" / "hub") in last
+    assert f"pretrained weights timm/{repo} are not in the cache" in last
+    assert str(tmp_path / "weights" / "huggingface" / "hub") in last
     assert "--weights random" in last and "Traceback" not in done.stderr

@@ -1,0 +1,171 @@
+"""MMR Lightning model: masked reconstruction of frozen teacher features by a ViT student.
+
+Paper:
+    Title: Industrial anomaly detection with domain shift: A real-world dataset and masked
+        multi-scale reconstruction
+    Authors: Zilong Zhang, Zhibin Zhao, Xingwu Zhang, Chuang Sun, Xuefeng Chen
+    Venue: Computers in Industry 151, 2023
+    URL: https://arxiv.org/abs/2304.02216
+
+Example:
+    >>> from anomalib.engine import Engine
+    >>> from viadk8s.models.mmr import Mmr
+    >>> model = Mmr(pre_trained=False)
+    >>> Engine(max_epochs=200).fit(model, datamodule=datamodule)  # doctest: +SKIP
+
+See Also:
+    :class:`viadk8s.models.mmr.torch_model.MmrModel`: the network.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from timm.optim import param_groups_weight_decay
+from torch import optim
+
+from viadk8s.models.components import FeatureCache
+
+from .torch_model import MmrModel, reconstruction_loss
+
+PAPER_EPOCHS = 200
+WARMUP_SHARE = 50 / PAPER_EPOCHS  # 50 warm-up epochs of 200
+DECAY_AT = (120 / PAPER_EPOCHS, 160 / PAPER_EPOCHS)  # the learning rate is divided by 10 from these shares on
+DECAY = 0.1
+
+
+def learning_rate_factor(epoch: int, max_epochs: int) -> float:
+    """Multiplier of the base learning rate in ``epoch`` (0-based): linear warm-up to 1, then x0.1 steps.
+
+    The paper's 50 / 120 / 160 of 200 epochs scale with ``max_epochs`` (each rounded), so a run cut
+    short keeps the schedule's shape; warm-up epoch ``e`` runs at ``(e + 1) / warm-up epochs``.
+    """
+    warmup = round(WARMUP_SHARE * max_epochs)
+    if epoch < warmup:
+        return (epoch + 1) / warmup
+    return DECAY ** sum(epoch >= round(share * max_epochs) for share in DECAY_AT)
+
+
+class Mmr(AnomalibModule):
+    """MMR: a frozen CNN teacher and a ViT student that reconstructs its maps from masked images.
+
+    The inherited ``configure_pre_processor(image_size)`` resizes to exactly ``image_size`` with
+    ImageNet normalisation and no centre crop (the protocol's preprocessing).
+
+    Args:
+        backbone: timm name of the frozen teacher. Defaults to ``"wide_resnet50_2.tv_in1k"``
+            (torchvision's ImageNet weights).
+        layers: teacher layers, one reconstructed scale each. Defaults to layers 1-3.
+        encoder: timm name of the student's starting weights. Defaults to
+            ``"vit_base_patch16_224.mae"`` (MAE's ViT-B/16).
+        pre_trained: load the teacher's and the student's weights. Defaults to ``True``.
+        embed_dim: the student's token width. Defaults to ``768`` (ViT-B).
+        depth: the student's transformer blocks. Defaults to ``12``.
+        num_heads: the student's attention heads. Defaults to ``12``.
+        mask_ratio: share of patch tokens masked in training. Defaults to ``0.4``.
+        sigma: Gaussian smoothing of the anomaly map. Defaults to ``4.0``.
+        learning_rate: AdamW's base learning rate. Defaults to ``1e-3``.
+        weight_decay: AdamW's weight decay (not on biases and norms). Defaults to ``0.05``.
+        betas: AdamW's betas. Defaults to ``(0.9, 0.95)``.
+        cache_features: compute the frozen teacher's maps of each training image once per run
+            (training images are not augmented, so each epoch would recompute the same numbers).
+            Defaults to ``True``.
+        pre_processor: resize and ImageNet normalisation (no crop). Defaults to ``True``.
+        post_processor: Defaults to ``True``.
+        evaluator: Defaults to ``True``.
+        visualizer: Defaults to ``True``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2.tv_in1k",
+        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+        encoder: str = "vit_base_patch16_224.mae",
+        pre_trained: bool = True,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mask_ratio: float = 0.4,
+        sigma: float = 4.0,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: Sequence[float] = (0.9, 0.95),
+        cache_features: bool = True,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = MmrModel(
+            backbone=backbone,
+            layers=layers,
+            encoder=encoder,
+            pre_trained=pre_trained,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mask_ratio=mask_ratio,
+            sigma=sigma,
+        )
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.feature_cache = FeatureCache(self.model.extract) if cache_features else None
+
+    def training_features(self, batch: Batch) -> list[torch.Tensor]:
+        """The teacher's maps of a training batch, from the cache when it is on."""
+        if self.feature_cache is None:
+            return self.model.extract(batch.image)
+        return self.feature_cache(batch.image, batch.image_path)
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Reconstruction loss of the batch, the student seeing it with 40 % of its tokens masked."""
+        del args, kwargs  # These variables are not used.
+        loss = reconstruction_loss(self.model.student(batch.image), self.training_features(batch))
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
+        return {"loss": loss}
+
+    def on_train_end(self) -> None:
+        """Release the cached teacher maps: testing does not use them."""
+        if self.feature_cache is not None:
+            self.feature_cache.clear()
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Image scores and anomaly maps of a validation batch (nothing masked)."""
+        del args, kwargs  # These variables are not used.
+        return batch.update(**self.model(batch.image)._asdict())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW on the student (no weight decay on biases and norms); warm-up, then x0.1 steps."""
+        groups = param_groups_weight_decay(self.model.student, weight_decay=self.weight_decay)
+        optimizer = optim.AdamW(groups, lr=self.learning_rate, betas=self.betas)
+        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else PAPER_EPOCHS
+        scheduler = optim.lr_scheduler.LambdaLR(optimizer, functools.partial(learning_rate_factor, max_epochs=max_epochs))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No gradient clipping (the paper has none), no sanity validation."""
+        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """MMR learns from normal images only."""
+        return LearningType.ONE_CLASS
