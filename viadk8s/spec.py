@@ -103,6 +103,11 @@ class RunSpec(BaseModel):
         if self.variant.supervised_k and model.supervised_args is None:
             allowed = ", ".join(k for k, m in catalog.models().items() if m.supervised_args is not None)
             raise ValueError(f"model {self.model!r} has no supervised mode; allowed for supervised runs: {allowed}")
+        if model.group == "supervised" and not self.variant.supervised_k:
+            raise ValueError(
+                f"model {self.model!r} ({model.name}) trains on labelled anomalies: run it with supervised_k > 0, "
+                f"e.g. viadk8s run --experiment supervised --models {self.model}"
+            )
         return self
 
     @property
