@@ -23,7 +23,7 @@ def assert_clean_failure(done, message: str, store: Path) -> None:  # noqa: ANN0
     [
         (("--experiment", "nope"), "unknown experiment 'nope'; allowed: evaluation, input_size"),
         (("--experiment", "evaluation", "--models", "patchcore,yolo"), "unknown model 'yolo'; allowed: patchcore"),
-        (("--experiment", "evaluation", "--models", "mmr"), "model 'mmr' (MMR) is not available yet"),
+        (("--experiment", "evaluation", "--models", "dra"), "model 'dra' (DRA) trains on labelled anomalies"),
         (("--experiment", "evaluation", "--datasets", "mvtec"), "unknown dataset 'mvtec'; allowed:"),
         (("--experiment", "evaluation", "--categories", "bottle"), "unknown category of synthetic 'bottle'"),
         (("--experiment", "input_size", "--image-size", "300"), "image size 300 not allowed; allowed: multiples of 32"),
@@ -41,11 +41,6 @@ def test_run_rejects_bad_selection(cli, tmp_path: Path, args: tuple[str, ...], m
     [
         ("{oops", "", "invalid run spec"),
         (json.dumps({**SPEC, "model": "nope"}), "", "model: unknown model 'nope'"),
-        (
-            json.dumps({**SPEC, "model": "simplenet", "dataset": "synthetic", "category": "tiles"}),
-            "",
-            "model 'simplenet' (SimpleNet) is not available yet",
-        ),
         (json.dumps(SPEC), "datasets: {mine: {path: /no/such/dir}}\n", "dataset folder '/no/such/dir' does not exist"),
         (json.dumps({**SPEC, "category": "empty"}), "datasets: {mine: {path: DATA}}\n", "has no images in train/good"),
         (json.dumps(SPEC), "datasets: {mine: {path: DATA}\n", "is not valid YAML"),

@@ -28,8 +28,11 @@ def test_catalog_matches_protocol() -> None:
     }
     assert len(datasets["mvtec_loco"].categories) == 10  # logical and structural apart, averaged per dataset
     assert not datasets["vad"].has_masks and datasets["btad"].has_masks
-    available = {k for k, m in catalog.models().items() if m.available}
-    assert available == {"patchcore", "reverse_distillation", "csflow", "draem", "glass", "supersimplenet", "fastflow", "padim"}
+    paper = {"patchcore", "reverse_distillation", "csflow", "draem", "glass", "simplenet", "mmr", "msflow", "inreach"}
+    assert set(catalog.experiment("evaluation").models) == paper  # the paper's nine one-class/unsupervised methods
+    assert set(catalog.experiment("supervised").models) >= {"dra", "devnet"}
+    ours = {k for k, m in catalog.models().items() if m.model_class.startswith("viadk8s.models.")}
+    assert ours == {"simplenet", "mmr", "msflow", "inreach", "dra", "devnet"}  # what anomalib 2.x lacks
     assert catalog.models()["patchcore"].init_args["coreset_sampling_ratio"] == 0.1
 
 
@@ -42,9 +45,13 @@ def test_every_experiment_refers_to_known_things() -> None:
         assert set(exp.metrics) <= set(catalog.METRICS)
 
 
-def test_unavailable_model_answers_not_available_yet() -> None:
-    with pytest.raises(SpecError, match="'simplenet' .* is not available yet.*available now: patchcore"):
-        catalog.model("simplenet")
+def test_every_model_class_resolves_to_an_anomalib_module() -> None:
+    from anomalib.models.components import AnomalibModule
+
+    from viadk8s.worker.adapters import model_class
+
+    for entry in catalog.models().values():
+        assert issubclass(model_class(entry), AnomalibModule), entry.key
 
 
 @pytest.mark.parametrize(

@@ -139,7 +139,7 @@ def test_submit_creates_jobs_and_a_resubmission_creates_none(api: Server, config
     cluster = _cluster(config)
     assert cluster.namespace == NAMESPACE  # from the kube context, like kubectl
     first = jobs.submit(planned, config, cluster)
-    assert len(first.created) == len(planned.runnable) == 2 and not first.existing
+    assert len(first.created) == len(planned.sweep.runs) == 2 and not first.existing
     stored = api.objects(JOBS)
     assert sorted(j["metadata"]["name"] for j in stored) == sorted(first.created)
     assert all(j["metadata"]["namespace"] == NAMESPACE for j in stored)
@@ -155,7 +155,7 @@ def test_submit_creates_jobs_and_a_resubmission_creates_none(api: Server, config
 
 def test_submit_skips_runs_whose_result_is_in_the_store(api: Server, config: Config) -> None:
     planned = _plan(config)
-    done = planned.runnable[0]
+    done = planned.sweep.runs[0]
     open_store(config.store_uri).write_bytes(f"{run_prefix(done)}/{RESULT}", stored_result(done))
     report = jobs.submit(planned, config, _cluster(config))
     assert report.done == [done.run_key] and len(report.created) == 1

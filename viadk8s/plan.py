@@ -39,26 +39,16 @@ class Plan:
     sweep: Sweep
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def runnable(self) -> list[RunSpec]:
-        """Runs whose model exists now; the rest are planned but cannot execute yet."""
-        return [r for r in self.sweep.runs if catalog.models()[r.model].available]
-
 
 def default_sweep_id(experiment: str) -> str:
     """Re-running an experiment resumes the same sweep unless the user names another."""
     return experiment.replace("_", "-")
 
 
-def _models(exp: catalog.ExperimentEntry, chosen: Sequence[str] | None, notes: list[str]) -> list[str]:
-    if chosen:
-        for key in chosen:
-            catalog.model(key)  # unknown or not yet available: a clear error
-        return list(chosen)
-    missing = [m for m in exp.models if not catalog.models()[m].available]
-    if missing:
-        notes.append(f"planned but not available yet (skipped when running): {', '.join(missing)}")
-    return list(exp.models)
+def _models(exp: catalog.ExperimentEntry, chosen: Sequence[str] | None) -> list[str]:
+    for key in chosen or ():
+        catalog.model(key)  # unknown: a clear error
+    return list(chosen or exp.models)
 
 
 def _datasets(exp: catalog.ExperimentEntry, chosen: Sequence[str] | None, datasets: Datasets, notes: list[str]) -> list[str]:
@@ -90,7 +80,7 @@ def plan(experiment: str, selection: Selection, config: Config) -> Plan:
     """The sweep of an experiment as the user narrowed it; every spec is validated."""
     exp = catalog.experiment(experiment)
     notes: list[str] = []
-    models = _models(exp, selection.models, notes)
+    models = _models(exp, selection.models)
     available = Datasets(config)
     datasets = _datasets(exp, selection.datasets, available, notes)
     per_dataset = {d: available.categories(d) for d in datasets}

@@ -77,7 +77,7 @@ def run_plan(plan: Plan, config: Config, config_path: str | None, jobs: int, con
         prepare_tracking(config.tracking_uri, config.store_uri, plan.sweep.experiment, plan.sweep.sweep_id)
     outcome = Outcome()
     pending = []
-    for spec in plan.runnable:
+    for spec in plan.sweep.runs:
         (outcome.skipped if is_done(store, spec) else pending).append(spec)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     logs = logs_dir(config, plan.sweep.sweep_id)

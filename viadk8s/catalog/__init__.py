@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from viadk8s.errors import SpecError, one_of
+from viadk8s.errors import one_of
 
 METRICS = (
     "image_AUROC",
@@ -35,16 +35,12 @@ class _Entry(BaseModel):
 
 class ModelEntry(_Entry):
     group: Literal["one_class", "unsupervised", "supervised"]
-    model_class: str | None  # "Patchcore" (in anomalib.models) or "viadk8s.models.simplenet:Simplenet"
+    model_class: str  # "Patchcore" (in anomalib.models) or "viadk8s.models.simplenet:Simplenet"
     epochs: int = Field(ge=1)
     init_args: dict[str, Any] = {}
     pixel_maps: bool = True
     min_image_size: int = 64  # smaller inputs leave its feature pyramid empty
     supervised_args: dict[str, Any] | None = None  # init_args of its supervised mode, if it has one
-
-    @property
-    def available(self) -> bool:
-        return self.model_class is not None
 
 
 class SyntheticOptions(BaseModel):
@@ -120,13 +116,10 @@ def experiments() -> dict[str, ExperimentEntry]:
 
 
 def model(key: str) -> ModelEntry:
-    """The catalog entry of a model that can run now; a clear error otherwise."""
+    """The catalog entry of a model; a clear error naming the allowed keys otherwise."""
     entry = models().get(key)
     if entry is None:
         raise one_of("model", key, list(models()))
-    if not entry.available:
-        ready = [k for k, m in models().items() if m.available]
-        raise SpecError(f"model {key!r} ({entry.name}) is not available yet: {entry.note}; available now: {', '.join(ready)}")
     return entry
 
 

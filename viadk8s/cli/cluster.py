@@ -81,9 +81,7 @@ def render(
 ) -> None:
     """Write the Kubernetes manifests of an experiment (a ConfigMap and one Job per run); nothing is contacted."""
     from viadk8s.k8s.client import resolve_namespace
-    from viadk8s.k8s.jobs import SubmitReport
     from viadk8s.k8s.render import render_sweep
-    from viadk8s.k8s.view import submit_lines
 
     cfg = _cluster_config(config, namespace=namespace, image=image)
     planned = plan_from_flags(
@@ -105,9 +103,8 @@ def render(
     console.print(
         f"wrote {len(written)} manifests ({len(rendered.jobs)} Jobs + ConfigMap) to {out}", highlight=False, soft_wrap=True
     )
-    report = SubmitReport(planned.sweep.sweep_id, rendered.namespace, "client", not_runnable=rendered.not_runnable)
-    for line in submit_lines(report)[1:]:
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    for note in planned.notes:
+        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

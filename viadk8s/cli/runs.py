@@ -79,11 +79,10 @@ def plan_command(
     if format != "table":
         raise one_of("format", format, ["table", "json"])
     table = Table(title=f"{experiment}: {len(result.sweep.runs)} runs, sweep {result.sweep.sweep_id}")
-    for column in ("run_key", "model", "dataset", "category", "seed", "size", "variant", "available"):
+    for column in ("run_key", "model", "dataset", "category", "seed", "size", "variant"):
         table.add_column(column)
     for r in result.sweep.runs:
-        available = "yes" if catalog.models()[r.model].available else "not yet"
-        table.add_row(r.run_key, r.model, r.dataset, r.category, str(r.seed), str(r.image_size), r.variant.label(), available)
+        table.add_row(r.run_key, r.model, r.dataset, r.category, str(r.seed), str(r.image_size), r.variant.label())
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}")
@@ -220,10 +219,10 @@ def aggregate(
 def catalog_command() -> None:
     """The models, datasets and experiments viadk8s knows, and which can run now."""
     table = Table(title="models")
-    for column in ("key", "name", "group", "epochs", "available", "note"):
+    for column in ("key", "name", "group", "epochs", "class", "note"):
         table.add_column(column)
     for key, m in catalog.models().items():
-        table.add_row(key, m.name, m.group, str(m.epochs), "yes" if m.available else "not yet", m.note)
+        table.add_row(key, m.name, m.group, str(m.epochs), m.model_class, m.note)
     console.print(table)
     table = Table(title="datasets")
     for column in ("key", "name", "masks", "categories"):

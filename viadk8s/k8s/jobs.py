@@ -23,7 +23,7 @@ from viadk8s.k8s.client import Cluster, resolve_namespace
 from viadk8s.k8s.render import LABEL_PREFIX, WORKER_SELECTOR, RenderedSweep, config_map_name, render_sweep
 from viadk8s.plan import Plan
 from viadk8s.results import is_done, save_sweep
-from viadk8s.spec import SWEEP_ID, RunSpec
+from viadk8s.spec import SWEEP_ID
 
 DryRun = Literal["client", "server"]
 State = Literal["pending", "running", "succeeded", "failed"]
@@ -51,7 +51,6 @@ class SubmitReport:
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
-    not_runnable: list[RunSpec] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -95,7 +94,7 @@ def submit(planned: Plan, config: Config, cluster: Cluster | None, dry_run: DryR
         raise ValueError("a cluster is needed unless dry_run='client'")
     namespace = cluster.namespace if cluster else resolve_namespace(config.cluster)
     rendered = render_sweep(planned, config, namespace)
-    report = SubmitReport(sweep.sweep_id, namespace, dry_run, not_runnable=rendered.not_runnable)
+    report = SubmitReport(sweep.sweep_id, namespace, dry_run)
     store = config.open_store()
     with ThreadPoolExecutor(max_workers=16) as pool:  # one HEAD per run on an object store
         finished = list(pool.map(lambda job: is_done(store, job.spec), rendered.jobs))

@@ -111,7 +111,6 @@ class RenderedSweep:
     namespace: str
     config_map: Manifest
     jobs: list[JobManifest]
-    not_runnable: list[RunSpec]
 
     def write(self, out: Path) -> list[Path]:
         """One file per Job, plus the sweep's ConfigMap; ``kubectl apply -f OUT`` works too."""
@@ -305,12 +304,10 @@ def render_config_map(config: Config, sweep_id: str, experiment: str, namespace:
 
 
 def render_sweep(planned: Plan, config: Config, namespace: str) -> RenderedSweep:
-    """The ConfigMap and one Job per runnable run; runs of models not available yet are listed apart."""
+    """The ConfigMap and one Job per run."""
     sweep = planned.sweep
-    runnable = {r.run_key for r in planned.runnable}
     return RenderedSweep(
         namespace=namespace,
         config_map=render_config_map(config, sweep.sweep_id, sweep.experiment, namespace),
-        jobs=[render_job(spec, config.cluster, namespace) for spec in planned.runnable],
-        not_runnable=[r for r in sweep.runs if r.run_key not in runnable],
+        jobs=[render_job(spec, config.cluster, namespace) for spec in sweep.runs],
     )

@@ -21,9 +21,6 @@ def submit_lines(report: SubmitReport) -> list[str]:
         f"sweep {report.sweep_id} in namespace {report.namespace}: {len(report.created)} Jobs {verb[report.dry_run]}, "
         f"{len(report.existing)} already there, {len(report.done)} runs already finished (skipped)"
     ]
-    if report.not_runnable:
-        models = sorted({r.model for r in report.not_runnable})
-        lines.append(f"{len(report.not_runnable)} planned runs are not Jobs: models not in anomalib yet: {', '.join(models)}")
     lines += [f"note: {note}" for note in report.notes]
     return lines
 
