@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from viadk8s.results import DataSummary, RunResult, Timings
@@ -55,3 +58,21 @@ def assert_image_metrics_match_scores(result_path: Path) -> dict:
     pg, pb = presorted(scores)
     assert (metrics["image_PG2"], metrics["image_PB2"]) == (pytest.approx(pg, abs=1e-9), pytest.approx(pb, abs=1e-9))
     return result
+
+
+def run_tiny(cli: Callable[..., CompletedProcess[str]], config: Path, model: str, *flags: str) -> tuple[dict, pd.DataFrame]:
+    """One model through ``viadk8s run --experiment evaluation`` on the ``tiny`` dataset (64 px, random
+    weights, 2 epochs unless ``flags`` say otherwise): its checked result and its scores."""
+    defaults = {"--categories": "tiles", "--seeds": "5", "--image-size": "64", "--weights": "random", "--max-epochs": "2"}
+    chosen = dict(zip(flags[::2], flags[1::2], strict=True))
+    args = [item for pair in ({**defaults, **chosen}).items() for item in pair]
+    done = cli(
+        *("run", "--experiment", "evaluation", "--models", model, "--datasets", "tiny", *args, "--config", str(config)),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (path,) = (Path(yaml.safe_load(config.read_text())["store"]) / "runs" / "evaluation").glob("*/result.json")
+    result = assert_image_metrics_match_scores(path)
+    assert result["spec"]["model"] == model and result["epochs_run"] == result["epochs"]  # the last epoch was tested
+    assert all(value is not None and 0 <= value <= 1 for value in result["metrics"].values()), result["metrics"]
+    return result, pd.read_csv(path.parent / "scores.csv")
