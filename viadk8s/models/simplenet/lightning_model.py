@@ -90,13 +90,19 @@ class Simplenet(AnomalibModule):
         self.adaptor_lr = adaptor_lr
         self.discriminator_lr = discriminator_lr
         self.discriminator_weight_decay = discriminator_weight_decay
-        self.feature_cache = FeatureCache(self.model.extract) if cache_features else None
+        self.feature_cache = FeatureCache(self.patch_features) if cache_features else None
         self.automatic_optimization = False
 
+    def patch_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Each image's aggregated patch features ``(B, h·w, embed_dim)``: the frozen part of the
+        network (backbone and PatchCore-style aggregation), what the cache keeps."""
+        features, _ = self.model.embed(self.model.extract(images))
+        return [features.reshape(len(images), -1, features.shape[-1])]
+
     def training_features(self, images: torch.Tensor, paths: Sequence[str]) -> torch.Tensor:
-        """Patch features of training images; the backbone runs once per image when caching."""
-        maps = self.feature_cache(images, paths) if self.feature_cache is not None else self.model.extract(images)
-        return self.model.embed(maps)[0]
+        """Patch features ``(B·h·w, embed_dim)`` of training images; computed once per image when caching."""
+        (features,) = self.feature_cache(images, paths) if self.feature_cache is not None else self.patch_features(images)
+        return features.reshape(-1, features.shape[-1])
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One step of both optimisers on the hinge loss of the batch's real and noised features."""
