@@ -146,7 +146,7 @@ def _read_incrementally(store: Store, snapshot_key: str, versions: dict[str, str
     try:
         snapshot = json.loads(store.read_bytes(snapshot_key))
     except FileNotFoundError:
-        pass
+        log.info("no results snapshot %s yet: reading every result", snapshot_key)
     except ValueError:
         log.warning("results snapshot %s is unreadable; reading every result", snapshot_key)
     kept = {
