@@ -10,6 +10,7 @@ import yaml
 
 from tests.checks import assert_image_metrics_match_scores
 from tests.conftest import TINY
+from viadk8s import stats
 
 RUN = (
     "run",
@@ -41,7 +42,23 @@ def test_sweep_runs_resumes_and_matches_independent_metrics(cli, tiny_config: Pa
     for path in results:
         result = assert_image_metrics_match_scores(path)
         scores = pd.read_csv(path.parent / "scores.csv")
-        assert list(scores.columns) == ["image_path", "label", "score"]
+        assert list(scores.columns) == ["image_path", "defect", "label", "score"]
+        assert all(p.startswith("test/") and p.split("/")[1] == d for p, d in zip(scores.image_path, scores.defect, strict=True))
+        assert ((scores.defect == "good") == (scores.label == 0)).all()
+        uncertainty = result["uncertainty"]  # reproducible from scores.csv and the stored settings
+        assert uncertainty["intervals"] == stats.intervals(
+            scores, uncertainty["resamples"], uncertainty["confidence"], uncertainty["seed"]
+        )
+        for name, (low, high) in uncertainty["intervals"].items():
+            assert low <= result["metrics"][name] <= high, name
+        kept = {(o["label"], o["file"]) for o in result["overlays"]}
+        assert kept == {(label, f"overlay-{kind}-{i:02d}.png") for label, kind in ((0, "good"), (1, "bad")) for i in (1, 2, 3, 4)}
+        for overlay in result["overlays"]:  # the good images scored highest, the bad ones lowest
+            same = scores[scores.label == overlay["label"]].score
+            worst = same.nlargest(4) if overlay["label"] == 0 else same.nsmallest(4)
+            assert scores[scores.image_path == overlay["image"]].score.item() == overlay["score"] <= worst.max()
+            assert overlay["score"] in set(worst)
+            assert (path.parent / overlay["file"]).read_bytes()[:4] == b"\x89PNG"
         assert (scores.label.sum(), len(scores)) == (TINY["n_test_bad"], TINY["n_test_good"] + TINY["n_test_bad"])
         metrics = result["metrics"]
         assert all(0 <= metrics[m] <= 1 for m in ("pixel_AUROC", "pixel_AUPRO", "pixel_F1Max"))

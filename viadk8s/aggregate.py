@@ -12,6 +12,7 @@ of the supplement's tables 13–15: rows method × dataset, one column per axis 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from viadk8s import catalog  # noqa: E402
+from viadk8s import catalog, stats  # noqa: E402
 from viadk8s.errors import SpecError, one_of  # noqa: E402
+from viadk8s.metrics import IMAGE_METRICS  # noqa: E402
 from viadk8s.results import RunResult  # noqa: E402
 from viadk8s.spec import Variant  # noqa: E402
 
 FORMATS = {"md": "md", "csv": "csv", "latex": "tex"}
 MISSING = "–"
+log = logging.getLogger(__name__)
 MEAN_COLUMN = "D"
 #: Fields that tell two methods' settings apart when they vary within a sweep (the axis excepted).
 IDENTITY = (
@@ -87,7 +90,22 @@ def runs_frame(results: Sequence[RunResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _with_methods(frame: pd.DataFrame, axis: str | None) -> pd.DataFrame:
+def resampled_frame(results: Sequence[RunResult], scores: dict[str, pd.DataFrame], default_resamples: int = 1000) -> pd.DataFrame:
+    """Each run's bootstrap distribution of its image metrics, one row per (run, resample),
+    recomputed from its scores.csv with the settings its result stored (the run's seed otherwise)."""
+    parts = []
+    for result in results:
+        if result.run_key not in scores:
+            continue
+        kept = result.uncertainty
+        resamples, seed = (kept.resamples, kept.seed) if kept else (default_resamples, result.spec.seed)
+        values = stats.distribution(scores[result.run_key], resamples, seed)
+        replicas = pd.DataFrame(values.T, columns=list(IMAGE_METRICS))
+        parts.append(replicas.assign(run_key=result.run_key, resample=range(resamples)))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run_key", "resample", *IMAGE_METRICS])
+
+
+def with_methods(frame: pd.DataFrame, axis: str | None) -> pd.DataFrame:
     # a setting names a method only where it varies for one model (epochs differ between models by protocol)
     varying = [f for f in IDENTITY if f != axis and frame.groupby("model")[f].nunique().max() > 1]
     names = {k: m.name for k, m in catalog.models().items()}
@@ -101,21 +119,36 @@ def _with_methods(frame: pd.DataFrame, axis: str | None) -> pd.DataFrame:
     return frame.sort_values(["_order", "method"], kind="stable")
 
 
-def _cell(values: pd.DataFrame, metrics: Sequence[str]) -> str:
-    """'95.1/76.9' from per-seed values; '95.1±0.3/…' when there are several seeds."""
+def _cell(values: pd.DataFrame, metrics: Sequence[str], confidence: float | None = None) -> str:
+    """'95.1/76.9' from per-seed values; '95.1±0.3/…' when there are several seeds. With
+    ``confidence`` (rows with ``resample`` >= 0 hold bootstrap replicates): '95.1 [93.0, 97.2]', the
+    percentile interval of the replicates' mean over seeds."""
+    point = values[values["resample"] < 0] if "resample" in values else values
     parts = []
     for metric in metrics:
-        column = values[metric].astype(float)
+        column = point[metric].astype(float)
         if column.isna().all():
             parts.append(MISSING)
             continue
         mean = 100 * column.mean()
-        parts.append(f"{mean:.1f}±{100 * column.std(ddof=0):.1f}" if column.count() > 1 else f"{mean:.1f}")
+        text = f"{mean:.1f}±{100 * column.std(ddof=0):.1f}" if column.count() > 1 else f"{mean:.1f}"
+        replicas = values.loc[values["resample"] >= 0, ["resample", metric]].dropna() if confidence else None
+        if replicas is not None and not replicas.empty:
+            low, high = stats.percentile_interval(replicas.groupby("resample")[metric].mean().to_numpy(), confidence)
+            text += f" [{100 * low:.1f}, {100 * high:.1f}]"
+        parts.append(text)
     return "/".join(parts)
 
 
-def _pivot(per_seed: pd.DataFrame, rows: list[str], column: str, metrics: Sequence[str], columns: list[Any]) -> pd.DataFrame:
-    cells = per_seed.groupby([*rows, column], sort=False).apply(lambda g: _cell(g, metrics), include_groups=False)
+def _pivot(
+    per_seed: pd.DataFrame,
+    rows: list[str],
+    column: str,
+    metrics: Sequence[str],
+    columns: list[Any],
+    confidence: float | None = None,
+) -> pd.DataFrame:
+    cells = per_seed.groupby([*rows, column], sort=False).apply(lambda g: _cell(g, metrics, confidence), include_groups=False)
     table = cells.unstack(column).reindex(columns=columns).fillna(MISSING)
     table.columns.name = None
     return table
@@ -138,17 +171,26 @@ def tables(
     axis: str | None = None,
     summary_metrics: Sequence[str] | None = None,
     separate: Sequence[str] = (),
+    resampled: pd.DataFrame | None = None,
+    confidence: float = 0.95,
 ) -> dict[str, pd.DataFrame]:
-    """The tables of a sweep, shaped by its experiment's axis (``None``: methods x datasets)."""
+    """The tables of a sweep, shaped by its experiment's axis (``None``: methods x datasets).
+
+    ``resampled`` (:func:`resampled_frame`): every cell also gets its ``confidence`` interval; a
+    mean over categories and datasets is taken replicate by replicate, as the point value is."""
     if not results:
         raise SpecError("no finished run to aggregate")
     summary_metrics = list(summary_metrics or metrics)
     _check([*metrics, *summary_metrics])
     frame = runs_frame(results)
+    if resampled is not None:
+        replicas = frame.drop(columns=list(catalog.METRICS)).merge(resampled, on="run_key")  # pixel metrics: no replicas
+        frame = pd.concat([frame.assign(resample=-1), replicas], ignore_index=True)
     if axis is not None and frame[axis].nunique() < 2:
         axis = None  # a sweep narrowed to one value of its axis reads best as the plain table
-    frame = _with_methods(frame, axis)
-    keys = ["method", *([axis] if axis else []), "seed"]
+    frame = with_methods(frame, axis)
+    keys = ["method", *([axis] if axis else []), "seed", *(["resample"] if resampled is not None else [])]
+    shown = confidence if resampled is not None else None
     wanted = sorted(set(metrics) | set(summary_metrics), key=catalog.METRICS.index)
     per_category = frame.groupby([*keys, "dataset", "category"], sort=False)[wanted].mean().reset_index()
     per_dataset = per_category.groupby([*keys, "dataset"], sort=False)[wanted].mean().reset_index()
@@ -160,9 +202,10 @@ def tables(
     index_name = "/".join(_abbrev(m) for m in metrics)
     if axis is None:
         per_category["column"] = per_category["dataset"] + "/" + per_category["category"]
+        datasets_order, categories_order = list(dict.fromkeys(with_mean["dataset"])), list(dict.fromkeys(per_category["column"]))
         named = {
-            "per_dataset": _pivot(with_mean, ["method"], "dataset", metrics, list(dict.fromkeys(with_mean["dataset"]))),
-            "per_category": _pivot(per_category, ["method"], "column", metrics, list(dict.fromkeys(per_category["column"]))),
+            "per_dataset": _pivot(with_mean, ["method"], "dataset", metrics, datasets_order, shown),
+            "per_category": _pivot(per_category, ["method"], "column", metrics, categories_order, shown),
         }
     else:
         values = sorted(frame[axis].unique(), key=lambda v: (str(type(v)), v))
@@ -174,9 +217,9 @@ def tables(
         summary["column"] = summary["dataset"].map(lambda d: "" if d == MEAN_COLUMN else f"{d} ") + summary["column"]
         summary_columns = [f"{prefix}{c}" for prefix in ["", *(f"{d} " for d in apart)] for c in columns]
         named = {
-            "per_dataset": _pivot(per_dataset, ["method", "dataset"], "column", metrics, columns),
-            "summary": _pivot(summary, ["method"], "column", summary_metrics, summary_columns),
-            "per_category": _pivot(per_category, ["method", "dataset", "category"], "column", metrics, columns),
+            "per_dataset": _pivot(per_dataset, ["method", "dataset"], "column", metrics, columns, shown),
+            "summary": _pivot(summary, ["method"], "column", summary_metrics, summary_columns, shown),
+            "per_category": _pivot(per_category, ["method", "dataset", "category"], "column", metrics, columns, shown),
         }
         named["summary"].index.name = "/".join(_abbrev(m) for m in summary_metrics)
     for name, table in named.items():
@@ -185,11 +228,37 @@ def tables(
     return named
 
 
+def defect_table(
+    results: Sequence[RunResult], scores: dict[str, pd.DataFrame], points: Sequence[stats.OperatingPoint] = stats.DEFAULT_POINTS
+) -> pd.DataFrame:
+    """Per method, category and defect type: the image count, the AUROC of that defect type against
+    the good images, and the share rejected at each operating point (a defect's recall; the good
+    row's false-alarm rate), x100, mean over seeds. Runs whose scores.csv has no defect column
+    (written before viadk8s kept one) are left out with a warning."""
+    frame = with_methods(runs_frame(results), None)
+    parts = []
+    for run in frame.itertuples():
+        table = scores.get(run.run_key)
+        if table is None or "defect" not in table:
+            if table is not None:
+                log.warning("warning: %s: scores.csv has no defect column; left out of the per-defect table", run.run_key)
+            continue
+        breakdown = stats.defect_breakdown(table, tuple(points))
+        parts.append(breakdown.assign(method=run.method, dataset=run.dataset, category=run.category))
+    if not parts:
+        raise SpecError("no run has per-image scores with defect types; re-run the sweep with this viadk8s")
+    rows = pd.concat(parts, ignore_index=True)
+    table = rows.groupby(["method", "dataset", "category", "defect"], sort=False).mean(numeric_only=True)
+    rates = [c for c in table.columns if c != "images"]
+    table[rates] = (100 * table[rates]).round(1)
+    return table.astype({"images": int}).fillna(MISSING)
+
+
 def plots(results: Sequence[RunResult], metrics: Sequence[str], axis: str | None, out: Path) -> list[Path]:
     """Metric vs a numeric axis (input size, contamination), one line per method, mean over datasets."""
     if axis not in ("image_size", "contamination"):
         return []
-    frame = _with_methods(runs_frame(results), axis)
+    frame = with_methods(runs_frame(results), axis)
     written = []
     for metric in metrics:
         per_dataset = (

@@ -1,92 +1,116 @@
-"""Compare a sweep's results with a stored baseline: the nightly benchmark's regression gate.
-
-The baseline is a ``runs.csv`` as ``viadk8s aggregate --out DIR`` writes it (one raw row per run),
-kept in the repository. Both sides are reduced as the paper's tables are (mean over seeds per
-category, then the unweighted mean over a dataset's categories) for each model and setting, and
-every metric is compared in points (x100): a drop of more than ``tolerance`` points, or a baseline
-value with no current counterpart, is a regression.
+"""Is one model really better than another on this data? ``viadk8s compare`` answers per category
+with a paired bootstrap of the difference (both models scored on the same test images), and across
+categories with Friedman's rank test over every model of the sweep, Nemenyi's post-hoc and a
+critical difference diagram (Demšar 2006), the usual way to compare many methods on many data sets.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
+import matplotlib
 
-from viadk8s.aggregate import runs_frame
-from viadk8s.catalog import METRICS
-from viadk8s.errors import SpecError, one_of
-from viadk8s.results import RunResult
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 
-#: What identifies a compared cell: the model, the dataset and the setting that changes results.
-KEYS = ("model", "dataset", "image_size", "weights", "epochs", "variant")
+from viadk8s import catalog, stats  # noqa: E402
+from viadk8s.aggregate import runs_frame  # noqa: E402
+from viadk8s.errors import SpecError, one_of  # noqa: E402
+from viadk8s.results import RunResult  # noqa: E402
+
+#: What two runs must share to be scored on the same test images.
+PAIRED_BY = ("dataset", "category", "seed", "image_size", "weights", "variant")
 
 
 @dataclass(frozen=True)
-class Regression:
-    model: str
-    dataset: str
-    setting: str
-    metric: str
-    baseline: float
-    current: float | None
+class Paired:
+    """One category (one seed, one setting): model A against model B."""
 
-    def __str__(self) -> str:
-        where = f"{self.model} on {self.dataset} ({self.setting}) {self.metric}"
-        if self.current is None:
-            return f"{where}: baseline {self.baseline:.1f}, no result now"
-        return f"{where}: {self.baseline:.1f} -> {self.current:.1f} ({self.current - self.baseline:+.1f} points)"
+    setting: dict[str, object]
+    difference: stats.Difference
 
 
-def per_dataset(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """Points (x100) per model, dataset and setting: seeds averaged per category, then categories."""
-    frame = frame.assign(variant=frame["variant"].astype("string").fillna("").astype(str))
-    per_category = frame.groupby([*KEYS, "category"])[list(metrics)].mean()
-    return per_category.groupby(list(KEYS))[list(metrics)].mean() * 100
-
-
-def read_baseline(path: Path) -> pd.DataFrame:
-    """A baseline ``runs.csv``; a missing file or column is a one-line error."""
-    try:
-        frame = pd.read_csv(path, dtype={"category": str, "dataset": str, "model": str, "weights": str, "variant": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise SpecError(f"cannot read baseline {str(path)!r}: {err}") from None
-    missing = [c for c in (*KEYS, "category") if c not in frame.columns]
-    if missing:
-        raise SpecError(
-            f"baseline {str(path)!r} lacks columns {', '.join(missing)}; expected the runs.csv of `viadk8s aggregate --out`"
+def paired(
+    results: Sequence[RunResult],
+    scores: dict[str, pd.DataFrame],
+    a: str,
+    b: str,
+    metric: str = "image_AUROC",
+    resamples: int = 1000,
+    confidence: float = 0.95,
+) -> list[Paired]:
+    """Model ``a`` minus model ``b``, for every setting both ran. Each bootstrap is seeded by the
+    runs' seed, so the answer is the same every time it is asked."""
+    frame = runs_frame(results)
+    for model in (a, b):
+        if model not in set(frame["model"]):
+            raise one_of("model", model, sorted(set(frame["model"])))
+    if a == b:
+        raise SpecError(f"compare two different models; got {a!r} twice")
+    sides = {m: frame[frame["model"] == m].set_index(list(PAIRED_BY))["run_key"] for m in (a, b)}
+    shared = [k for k in sides[a].index if k in sides[b].index]
+    if not shared:
+        raise SpecError(f"{a} and {b} have no run on the same dataset, category, seed and setting in this sweep")
+    found = []
+    for key in shared:
+        runs = [sides[m].loc[[key]].iloc[0] for m in (a, b)]
+        missing = [r for r in runs if r not in scores]
+        if missing:
+            raise SpecError(f"run {missing[0]} has no scores.csv; the pair cannot be compared per image")
+        setting = dict(zip(PAIRED_BY, key, strict=True))
+        difference = stats.paired_difference(
+            scores[runs[0]], scores[runs[1]], metric, resamples, confidence, int(setting["seed"])
         )
-    return frame
+        found.append(Paired(setting, difference))
+    return found
 
 
-def compare(baseline: pd.DataFrame, current: pd.DataFrame, metrics: Sequence[str], tolerance: float) -> list[Regression]:
-    """Every (model, dataset, setting, metric) of the baseline that dropped by more than ``tolerance`` points."""
-    if tolerance < 0 or not math.isfinite(tolerance):
-        raise SpecError(f"tolerance {tolerance} is not allowed; allowed: a finite number of points >= 0")
-    for metric in metrics:
-        if metric not in METRICS:
-            raise one_of("metric", metric, METRICS)
-    usable = [m for m in metrics if m in baseline.columns]
-    before, now = per_dataset(baseline, usable), per_dataset(current, usable)
-    regressions = []
-    for key, row in before.iterrows():
-        model, dataset, image_size, weights, epochs, variant = key
-        setting = ", ".join(p for p in (f"{image_size}px", str(weights), f"epochs={epochs}", str(variant)) if p)
-        for metric in usable:
-            old = row[metric]
-            if pd.isna(old):
-                continue
-            new = now.loc[key, metric] if key in now.index else float("nan")
-            if pd.isna(new) or new < old - tolerance:
-                regressions.append(Regression(model, dataset, setting, metric, float(old), None if pd.isna(new) else float(new)))
-    return regressions
+def paired_table(found: Sequence[Paired], a: str, b: str) -> pd.DataFrame:
+    """One row per compared category: both values, the difference and its interval (x100), the verdict."""
+    rows = []
+    for p in found:
+        d = p.difference
+        rows.append(
+            {
+                **{k: p.setting[k] for k in ("dataset", "category", "seed")},
+                "good/bad images": f"{d.n_good}/{d.n_bad}",
+                a: round(100 * d.a, 1),
+                b: round(100 * d.b, 1),
+                f"{a} - {b}": f"{100 * d.estimate:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]",
+                "verdict": f"{a} {d.verdict}" if d.verdict != "no detectable difference" else d.verdict,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
-def check(baseline_csv: Path, results: Sequence[RunResult], metrics: Sequence[str], tolerance: float) -> list[Regression]:
-    """The regressions of ``results`` against a baseline ``runs.csv`` (empty: no regression)."""
-    if not results:
-        raise SpecError("no finished run to compare with the baseline")
-    return compare(read_baseline(baseline_csv), runs_frame(results), metrics, tolerance)
+def category_table(results: Sequence[RunResult], metric: str) -> pd.DataFrame:
+    """Rows: dataset/category (one setting); columns: model; values: the metric, mean over seeds."""
+    if metric not in catalog.METRICS:
+        raise one_of("metric", metric, catalog.METRICS)
+    frame = runs_frame(results)
+    frame["block"] = frame["dataset"] + "/" + frame["category"]
+    settings = frame[["image_size", "weights", "variant"]].drop_duplicates()
+    if len(settings) > 1:
+        frame["block"] += " (" + frame["image_size"].astype(str) + " px, " + frame["variant"] + ")"
+    names = {k: m.name for k, m in catalog.models().items()}
+    table = frame.pivot_table(index="block", columns="model", values=metric, aggfunc="mean")
+    return table.rename(columns=names)
+
+
+def cd_diagram(test: stats.RankTest, metric: str, path: Path) -> Path:
+    """The critical difference diagram: models on their mean rank, bars join those Nemenyi's test
+    cannot tell apart at 5 %."""
+    import scikit_posthocs as sp
+
+    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.35 * len(test.mean_ranks)), dpi=100)
+    sp.critical_difference_diagram(test.mean_ranks, test.pairwise_p, ax=ax, cd=test.critical_difference)
+    ax.set_title(f"{metric}: mean rank over {test.n_blocks} categories (Friedman p={test.p_value:.3g})", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

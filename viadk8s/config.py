@@ -53,6 +53,16 @@ class S3Settings(BaseModel):
     max_attempts: int = Field(default=5, ge=1, le=20)
 
 
+class ReportSettings(BaseModel):
+    """What each run keeps for the report: bootstrap intervals of its image metrics, and overlays of
+    the good images it scores highest and the bad ones it scores lowest (its worst mistakes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    resamples: int = Field(default=1000, ge=100, le=100_000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    overlays: int = Field(default=4, ge=0, le=32)  # per kind (good, bad); 0 keeps none
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     store: str = DEFAULT_STORE
@@ -63,6 +73,7 @@ class Config(BaseModel):
     cache_max_gb: float | None = Field(default=None, gt=0)
     datasets: dict[str, DatasetSource] = {}
     cluster: ClusterSettings = ClusterSettings()
+    report: ReportSettings = ReportSettings()
 
     @property
     def store_uri(self) -> str:

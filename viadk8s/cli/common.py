@@ -36,6 +36,12 @@ def friendly(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+OperatingPoints = Annotated[
+    list[str] | None,
+    typer.Option("--operating-point", help="fnr=R or fpr=R (repeatable); default: the paper's fnr=0.02 and fpr=0.02"),
+]
+
+
 def split_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 

@@ -21,6 +21,7 @@ from viadk8s.cli.common import (
     Experiment,
     ImageSize,
     Models,
+    OperatingPoints,
     Seeds,
     Settings,
     Store,
@@ -181,12 +182,16 @@ def aggregate(
     metrics: Annotated[str | None, typer.Option(help="comma-separated metrics (default: the experiment's)")] = None,
     compare: Annotated[Path | None, typer.Option(help="a baseline runs.csv: exit 1 on a regression")] = None,
     tolerance: Annotated[float, typer.Option(help="with --compare: points (x100) a metric may drop")] = 1.0,
+    ci: Annotated[bool, typer.Option("--ci", help="show bootstrap intervals: 91.4 [88.0, 94.3]")] = False,
+    per_defect: Annotated[bool, typer.Option("--per-defect", help="add the per-defect-type table")] = False,
+    operating_point: OperatingPoints = None,
 ) -> None:
     """The paper's tables of a sweep: per dataset (with the mean D), summary and per category."""
     from viadk8s import aggregate as agg
-    from viadk8s.compare import check
+    from viadk8s import stats
     from viadk8s.config import load_config
-    from viadk8s.results import load_results
+    from viadk8s.regression import check
+    from viadk8s.results import load_results, load_scores
 
     if (sweep is None) == (experiment is None):
         raise SpecError("give exactly one of --sweep ID or --experiment NAME")
@@ -194,13 +199,22 @@ def aggregate(
         raise one_of("format", format, list(agg.FORMATS))
     if experiment:
         catalog.experiment(experiment)
-    results = load_results(load_config(config, store=store).open_store(), sweep_id=sweep, experiment=experiment)
+    points = tuple(stats.OperatingPoint.parse(p) for p in operating_point or []) or stats.DEFAULT_POINTS
+    opened = load_config(config, store=store).open_store()
+    results = load_results(opened, sweep_id=sweep, experiment=experiment)
     if not results:
         raise SpecError(f"no finished run in {'sweep ' + repr(sweep) if sweep else 'experiment ' + repr(experiment)}")
     name = experiment or results[0].spec.experiment
     chosen = split_list(metrics) or catalog.experiment(name).metrics
     shape = agg.experiment_shape(name)
-    named = agg.tables(results, chosen, **shape)
+    scores = load_scores(opened, results) if ci or per_defect or operating_point else {}
+    if ci:
+        confidence = next((r.uncertainty.confidence for r in results if r.uncertainty), 0.95)
+        named = agg.tables(results, chosen, **shape, resampled=agg.resampled_frame(results, scores), confidence=confidence)
+    else:
+        named = agg.tables(results, chosen, **shape)
+    if per_defect or operating_point:
+        named["per_defect"] = agg.defect_table(results, scores, points)
     for title, table in named.items():
         sys.stdout.write(f"\n{title} ({len(results)} runs)\n\n{agg.render(table, format)}\n")
     if out:

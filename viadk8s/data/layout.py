@@ -26,6 +26,7 @@ class Sample:
     split: Literal["train", "val", "test"]
     defect: str  # "good" or the defect folder name
     mask_path: str | None = None
+    name: str = ""  # the path relative to the category folder; kept when drift writes a copy elsewhere
 
 
 def _images(folder: Path) -> list[Path]:
@@ -50,15 +51,16 @@ def scan_category(root: Path) -> list[Sample]:
     test = root / "test"
     if not test.is_dir():
         raise SpecError(f"dataset folder {str(root)!r} has no test folder (MVTec layout expected)")
-    samples = [Sample(str(p), 0, "train", "good") for p in _images(train_good)]
+    samples = [Sample(str(p), 0, "train", "good", name=p.relative_to(root).as_posix()) for p in _images(train_good)]
     train = root / "train"
     for defect_dir in sorted(d for d in train.iterdir() if d.is_dir() and d.name != "good"):
-        samples += [Sample(str(p), 1, "train", defect_dir.name) for p in _images(defect_dir)]
+        samples += [Sample(str(p), 1, "train", defect_dir.name, name=p.relative_to(root).as_posix()) for p in _images(defect_dir)]
     for defect_dir in sorted(d for d in test.iterdir() if d.is_dir()):
         defect = defect_dir.name
         for image in _images(defect_dir):
             mask = None if defect == "good" else _mask_for(root, defect, image)
-            samples.append(Sample(str(image), int(defect != "good"), "test", defect, mask))
+            name = image.relative_to(root).as_posix()
+            samples.append(Sample(str(image), int(defect != "good"), "test", defect, mask, name))
     tested = [s for s in samples if s.split == "test"]
     if not any(s.label == 0 for s in tested) or not any(s.label == 1 for s in tested):
         raise SpecError(f"dataset folder {str(root)!r} needs good and bad images in test/")

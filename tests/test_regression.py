@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from viadk8s.aggregate import tables, write
-from viadk8s.compare import check
 from viadk8s.errors import SpecError
+from viadk8s.regression import check
 from viadk8s.results import DataSummary, RunResult, Timings
 from viadk8s.spec import RunSpec
 
