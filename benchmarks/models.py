@@ -21,6 +21,7 @@ import textwrap
 from pathlib import Path
 
 from overhead import run_child
+from table import Row, figure_row, markdown, ratio_row
 
 from viadk8s import catalog
 from viadk8s.catalog import SyntheticOptions
@@ -48,7 +49,7 @@ def has_cache_switch(model: str) -> bool:
     return "cache_features" in inspect.signature(model_class(catalog.model(model)).__init__).parameters
 
 
-def measure(model: str, size: int, epochs: int, cache: str, work: Path, env: dict[str, str]) -> dict[str, float]:
+def run_model(model: str, size: int, epochs: int, cache: str, work: Path, env: dict[str, str]) -> dict[str, float]:
     """One worker run; its result's fit seconds, test images/s and the process's peak RSS (MB)."""
     sweep = f"b-{model}-{size}-{epochs}-{cache}".replace("_", "-")
     spec = {"sweep": sweep, "experiment": "evaluation", "model": model, "dataset": "bench", "category": "tiles"}
@@ -62,42 +63,47 @@ def measure(model: str, size: int, epochs: int, cache: str, work: Path, env: dic
     return {"epoch_s": timings["epoch_s"], "images_per_s": timings["test_images_per_s"], "rss_mb": rss}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="simplenet,msflow,inreach,mmr,dra,devnet")
-    parser.add_argument("--sizes", default="128,256")
-    parser.add_argument("--epochs", type=int, default=3, help="at least 2: the first cached epoch fills the cache")
-    args = parser.parse_args()
+def measure(models: str = "simplenet,msflow,inreach,mmr,dra,devnet", sizes: str = "128,256", epochs: int = 3) -> list[Row]:
+    """Per model and size: cached vs uncached seconds per epoch (or one epoch's seconds without a
+    cache switch), with peak RSS and test images/s in the note."""
     work = Path(tempfile.mkdtemp(prefix="viadk8s-bench-models-"))
     options = SyntheticOptions(categories=["tiles"], n_train=24, n_test_good=8, n_test_bad=8, size=256)
     (work / "viadk8s.yaml").write_text(
         f"store: {work / 'store'}\ndatasets: {{bench: {{synthetic: {options.model_dump_json()}}}}}\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    print(
-        f"{options.n_train} train / {options.n_test_good + options.n_test_bad} test images, random weights, {os.cpu_count()} CPUs"
-    )
-    header = (
-        f"{'model':<11}{'px':>5}{'s/epoch uncached':>18}{'s/epoch cached':>16}{'ratio':>7}{'RSS MB off/on':>15}{'test img/s':>12}"
-    )
-    print(header)
-    for model in args.models.split(","):
-        for size in map(int, args.sizes.split(",")):
+    images = f"{options.n_train} train / {options.n_test_good + options.n_test_bad} test images, random weights"
+    rows: list[Row] = []
+    for model in models.split(","):
+        for size in map(int, sizes.split(",")):
             if not has_cache_switch(model):
-                once = measure(model, size, 1, "none", work, env)
-                print(
-                    f"{model:<11}{size:>5}{once['epoch_s'][0]:>18.2f}{'-':>16}{'-':>7}{once['rss_mb']:>15.0f}{once['images_per_s']:>12.1f}"
-                )
+                once = run_model(model, size, 1, "none", work, env)
+                note = f"no cache switch: one epoch; peak RSS {once['rss_mb']:.0f} MB, {once['images_per_s']:.1f} test img/s"
+                rows.append(figure_row(f"{model} at {size} px, s/epoch ({images})", once["epoch_s"][0], note))
                 continue
-            off = measure(model, size, args.epochs, "off", work, env)
-            on = measure(model, size, args.epochs, "on", work, env)
+            off = run_model(model, size, epochs, "off", work, env)
+            on = run_model(model, size, epochs, "on", work, env)
             uncached = sum(off["epoch_s"]) / len(off["epoch_s"])
             cached = sum(on["epoch_s"][1:]) / len(on["epoch_s"][1:])
-            rss = f"{off['rss_mb']:.0f}/{on['rss_mb']:.0f}"
-            print(
-                f"{model:<11}{size:>5}{uncached:>18.2f}{cached:>16.2f}{cached / uncached:>7.2f}{rss:>15}"
-                f"{on['images_per_s']:>12.1f}"
+            note = (
+                f"peak RSS MB off/on {off['rss_mb']:.0f}/{on['rss_mb']:.0f}; {on['images_per_s']:.1f} test img/s; "
+                f"epochs after the first (cache on) vs all epochs uncached; {images}"
             )
+            rows.append(
+                ratio_row(
+                    f"{model} at {size} px, s/epoch: frozen-feature cache on vs off", "cache off", uncached, cached, None, note
+                )
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="simplenet,msflow,inreach,mmr,dra,devnet")
+    parser.add_argument("--sizes", default="128,256")
+    parser.add_argument("--epochs", type=int, default=3, help="at least 2: the first cached epoch fills the cache")
+    args = parser.parse_args()
+    print(markdown(measure(args.models, args.sizes, args.epochs)))
 
 
 if __name__ == "__main__":

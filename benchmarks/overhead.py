@@ -19,6 +19,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from table import Row, markdown, ratio_row
+
 from viadk8s import catalog
 from viadk8s.catalog import SyntheticOptions
 from viadk8s.data.synthetic import ensure_category
@@ -60,12 +62,8 @@ def run_child(cmd: list[str], stdin: str | None, env: dict[str, str]) -> tuple[f
     return wall, usage.ru_maxrss / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--models", default="patchcore,padim")
-    parser.add_argument("--repeats", type=int, default=1)
-    args = parser.parse_args()
+def measure(size: int = 128, models: str = "patchcore,padim", repeats: int = 1) -> list[Row]:
+    """Wall and peak-RSS ratios, viadk8s worker vs bare anomalib, per model (see the module's docstring)."""
     work = Path(tempfile.mkdtemp(prefix="viadk8s-bench-"))
     options = SyntheticOptions(categories=["tiles"])
     root = ensure_category(options, "tiles", work / "cache")
@@ -75,11 +73,12 @@ def main() -> None:
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    print(f"{'model':<12} {'path':<8} {'wall s':>8} {'peak RSS MB':>12}")
-    for model in args.models.split(","):
+    rows: list[Row] = []
+    for model in models.split(","):
         entry = catalog.model(model)
-        rows: dict[str, list[tuple[float, float]]] = {"bare": [], "viadk8s": []}
-        for repeat in range(args.repeats):
+        bare_class = str(entry.model_class).rpartition(":")[2]  # anomalib's class of that name: ours subclass it
+        runs: dict[str, list[tuple[float, float]]] = {"bare": [], "viadk8s": []}
+        for repeat in range(repeats):
             spec = {
                 "sweep": f"bench-{repeat}",
                 "experiment": "evaluation",
@@ -87,37 +86,44 @@ def main() -> None:
                 "dataset": "bench",
                 "category": "tiles",
                 "seed": 3341,
-                "image_size": args.size,
+                "image_size": size,
                 "weights": "random",
             }
-            rows["viadk8s"].append(
+            runs["viadk8s"].append(
                 run_child(
                     [sys.executable, "-m", "viadk8s", "worker", "--spec", "-", "--config", str(config)], json.dumps(spec), env
                 )
             )
-            rows["bare"].append(
-                run_child(
-                    [
-                        sys.executable,
-                        "-c",
-                        BARE,
-                        str(root),
-                        str(entry.model_class),
-                        str(args.size),
-                        repr(entry.init_args),
-                        str(work / "bare"),
-                    ],
-                    None,
-                    env,
-                )
+            bare = [sys.executable, "-c", BARE, str(root), bare_class, str(size), repr(entry.init_args), str(work / "bare")]
+            runs["bare"].append(run_child(bare, None, env))
+        best = {path: (min(w for w, _ in r), max(m for _, m in r)) for path, r in runs.items()}
+        label = f"{model} at {size} px, fit + test in a fresh process"
+        rows.append(
+            ratio_row(
+                f"overhead: {label}, wall s, viadk8s worker vs bare anomalib", "bare", best["bare"][0], best["viadk8s"][0], 1.10
             )
-        best = {path: (min(w for w, _ in r), max(m for _, m in r)) for path, r in rows.items()}
-        for path, (wall, rss) in best.items():
-            print(f"{model:<12} {path:<8} {wall:>8.1f} {rss:>12.0f}")
-        print(
-            f"{model:<12} ratio    wall {best['viadk8s'][0] / best['bare'][0]:.2f} (target <= 1.10), "
-            f"RSS {best['viadk8s'][1] / best['bare'][1]:.2f} (PatchCore target <= 1.00)"
         )
+        rss_target = 1.0 if model == "patchcore" else None
+        rows.append(
+            ratio_row(
+                f"overhead: {label}, peak RSS MB",
+                "bare",
+                best["bare"][1],
+                best["viadk8s"][1],
+                rss_target,
+                "no MALLOC_MMAP_THRESHOLD_ in the environment: the worker sets it with mallopt, bare runs without",
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--models", default="patchcore,padim")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    print(markdown(measure(args.size, args.models, args.repeats)))
 
 
 if __name__ == "__main__":

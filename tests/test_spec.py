@@ -10,10 +10,11 @@ BASE = dict(sweep="evaluation", experiment="evaluation", model="patchcore", data
 
 def test_run_key_is_stable_and_pinned() -> None:
     """The key of a fixed spec is pinned: a change here orphans every stored result (protocol 2 did
-    so on purpose: protocol 1's metrics were partly computed on sigmoid-squashed scores)."""
+    so on purpose: protocol 1's metrics were partly computed on sigmoid-squashed scores; protocol 3
+    because images are now resized before they are scaled to float)."""
     spec = RunSpec(**BASE)
     assert spec.run_key == RunSpec.from_json(spec.to_json()).run_key
-    assert spec.run_key == "0ab124f902b647dd"
+    assert spec.run_key == "7c2802848d10597b"
 
 
 def test_run_key_ignores_sweep_but_not_settings() -> None:

@@ -25,6 +25,11 @@ CREDENTIAL_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenie
 TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=64 * 2**20, max_concurrency=8)
 
 
+def _etag(item: dict[str, Any]) -> str:
+    """An object's ETag without the quotes some servers leave out of a copy's reply (SeaweedFS)."""
+    return str(item.get("ETag", "")).strip('"')
+
+
 class S3Store:
     """``s3://bucket/prefix``: keys live under the prefix."""
 
@@ -91,17 +96,21 @@ class S3Store:
                     raise FileNotFoundError(f"s3://{self.bucket}/{self._key(key)}") from None
                 raise
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        """Put under a temporary key, then copy to the final key: readers see all or nothing."""
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Put under a temporary key, then copy to the final key: readers see all or nothing.
+        Returns the object's ETag, the version :meth:`versions` lists for it."""
         final = self._key(key)
         parent, _, name = final.rpartition("/")
         temporary = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp" if parent else f".{name}.{uuid.uuid4().hex}.tmp"
         with self._errors("write", key):
             self.client.put_object(Bucket=self.bucket, Key=temporary, Body=data)
             try:
-                self.client.copy_object(Bucket=self.bucket, Key=final, CopySource={"Bucket": self.bucket, "Key": temporary})
+                copied = self.client.copy_object(
+                    Bucket=self.bucket, Key=final, CopySource={"Bucket": self.bucket, "Key": temporary}
+                )
             finally:
                 self.client.delete_object(Bucket=self.bucket, Key=temporary)
+        return _etag(copied["CopyObjectResult"])
 
     def upload(self, key: str, path: Path) -> None:
         """Multipart upload by the transfer manager; S3 shows the object only once complete."""
@@ -122,7 +131,7 @@ class S3Store:
                 for item in page.get("Contents", []):
                     key = item["Key"][skip:]
                     if not key.rpartition("/")[2].startswith("."):
-                        found[key] = str(item.get("ETag", ""))
+                        found[key] = _etag(item)
         return found
 
     def list(self, prefix: str) -> Iterator[str]:

@@ -21,7 +21,7 @@ class Store(Protocol):
 
     def exists(self, key: str) -> bool: ...
     def read_bytes(self, key: str) -> bytes: ...
-    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def write_bytes(self, key: str, data: bytes) -> str: ...  # returns the version versions() lists
     def upload(self, key: str, path: Path) -> None: ...
     def download(self, key: str, path: Path) -> None: ...
     def list(self, prefix: str) -> Iterator[str]: ...
@@ -49,7 +49,7 @@ class FileStore:
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def write_bytes(self, key: str, data: bytes) -> str:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -62,6 +62,7 @@ class FileStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        return _version(path)
 
     def upload(self, key: str, path: Path) -> None:
         target = self._path(key)
@@ -81,8 +82,7 @@ class FileStore:
         found = {}
         for path in sorted(base.rglob("*")):
             if path.is_file() and not path.name.startswith("."):
-                stat = path.stat()
-                found[str(path.relative_to(self.root))] = f"{stat.st_mtime_ns}-{stat.st_size}"
+                found[str(path.relative_to(self.root))] = _version(path)
         return found
 
     def list(self, prefix: str) -> Iterator[str]:
@@ -93,6 +93,11 @@ class FileStore:
 
     def move(self, key: str, new_key: str) -> None:
         os.replace(self._path(key), self._path(new_key))
+
+
+def _version(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_mtime_ns}-{stat.st_size}"
 
 
 def open_store(uri: str, addressing_style: str = "auto", max_attempts: int = 5) -> Store:

@@ -19,31 +19,47 @@ from anomalib import TaskType
 from anomalib.callbacks.checkpoint import ModelCheckpoint
 from anomalib.data import AnomalibDataModule, ImageItem
 from anomalib.data.datasets.image.tabular import TabularDataset
+from anomalib.data.transforms.utils import extract_transforms_by_type
 from anomalib.data.utils import LabelName, TestSplitMode, ValSplitMode
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
+from anomalib.utils.attrs import get_nested_attr
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader
+from torchvision.transforms.v2 import Resize
 from torchvision.tv_tensors import Image as TvImage
 from torchvision.tv_tensors import Mask
 
 from viadk8s import metrics
-from viadk8s.data.images import read_image, read_mask
+from viadk8s.data.decoded import DecodedImages, budget_mb, cache_enabled, same_resize
+from viadk8s.data.images import to_float
 from viadk8s.data.layout import Sample
 from viadk8s.data.supervised import BalancedBatches, balanced_loader
 from viadk8s.spec import RunSpec
+from viadk8s.worker.env import loader_workers, usable_cpus
+
+
+@dataclass
+class Mistake:
+    """A test image a model got most wrong, kept with its anomaly map (if the model makes one)."""
+
+    image_path: str
+    label: int
+    score: float
+    anomaly_map: torch.Tensor | None
 
 
 class PredictionCollector(Callback):
     """Keeps a copy of every test image's raw score and label, and, for pixel metrics, its anomaly
     map and mask: the test metrics are computed from exactly these (and the scores go to scores.csv)."""
 
-    def __init__(self, pixel: bool) -> None:
-        self.pixel = pixel
+    def __init__(self, pixel: bool, keep: int = 0) -> None:
+        self.pixel, self.keep = pixel, keep
         self.rows: list[dict[str, Any]] = []
         self.maps: list[torch.Tensor] = []
         self.masks: list[torch.Tensor] = []
+        self.mistakes: dict[int, list[Mistake]] = {0: [], 1: []}  # by label: the worst ``keep`` so far
 
     def on_test_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -57,6 +73,17 @@ class PredictionCollector(Callback):
             size = outputs.gt_mask.shape[-2:]
             self.maps.append(outputs.anomaly_map.detach().float().reshape(-1, *size).to("cpu", copy=True))
             self.masks.append(outputs.gt_mask.detach().reshape(-1, *size).to("cpu", torch.bool, copy=True))
+        if self.keep:
+            self._keep_mistakes(outputs.image_path, labels, scores, outputs.anomaly_map)
+
+    def _keep_mistakes(self, paths: list[str], labels: list[int], scores: list[float], maps: torch.Tensor | None) -> None:
+        """The highest-scoring good and lowest-scoring bad images, with their maps (only ``keep`` each)."""
+        for i, (path, label, score) in enumerate(zip(paths, labels, scores, strict=True)):
+            anomaly_map = None if maps is None else maps[i].detach().float().reshape(maps.shape[-2:]).to("cpu", copy=True)
+            self.mistakes[label].append(Mistake(path, label, score, anomaly_map))
+        for label, worst in self.mistakes.items():  # good: highest first; bad: lowest first; ties by path
+            worst.sort(key=lambda m: (-m.score if label == 0 else m.score, m.image_path))
+            del worst[self.keep :]
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["image_path", "label", "score"])
@@ -99,20 +126,28 @@ class ValidationHistory(Callback):
 
 class SamplesDataset(TabularDataset):
     """anomalib's table of samples, read by :mod:`viadk8s.data.images`: 16-bit images keep their
-    range, any non-zero mask pixel is defect, a bad file is a one-line data error naming it."""
+    range, any non-zero mask pixel is defect, a bad file is a one-line data error naming it.
+    Images come out of ``decoded``, already at the model's size (:mod:`viadk8s.data.decoded`)."""
 
-    def __init__(self, name: str, samples: pd.DataFrame, bit_depth: int) -> None:
+    def __init__(self, name: str, samples: pd.DataFrame, decoded: DecodedImages) -> None:
         super().__init__(name=name, samples=samples)
-        self.bit_depth = bit_depth
+        self.decoded = decoded
+
+    def needs_mask(self, row: Any) -> bool:
+        """Whether the item of ``row`` carries its mask (the others get an empty one)."""
+        return self.task == TaskType.SEGMENTATION and row.label_index == LabelName.ABNORMAL
 
     def __getitem__(self, index: int) -> ImageItem:
         row = self.samples.iloc[index]
-        image = TvImage(read_image(row.image_path, self.bit_depth))
+        image = TvImage(to_float(self.decoded.image(row.image_path), self.decoded.bit_depth))
         gt_mask = None
         if self.task == TaskType.SEGMENTATION:
             size = tuple(image.shape[-2:])
-            abnormal = row.label_index == LabelName.ABNORMAL
-            gt_mask = Mask(read_mask(row.mask_path, size) if abnormal else torch.zeros(size, dtype=torch.uint8))
+            gt_mask = Mask(
+                torch.tensor(self.decoded.mask(row.mask_path, row.image_path))
+                if self.needs_mask(row)
+                else torch.zeros(size, dtype=torch.uint8)
+            )
         if self.augmentations:  # as anomalib's own datasets do
             if gt_mask is None:
                 image = self.augmentations(image)
@@ -129,7 +164,11 @@ class SamplesDataset(TabularDataset):
 
 class SamplesDataModule(AnomalibDataModule):
     """Exactly the train, validation and test samples the worker chose (no splitting of its own).
-    ``balanced``: a model's request for balanced supervised batches, served in supervised runs."""
+    ``balanced``: a model's request for balanced supervised batches, served in supervised runs.
+
+    Each image is decoded and resized once per run, at setup, into :attr:`decoded`; loaders have
+    :func:`~viadk8s.worker.env.loader_workers` workers, with pinned memory (and workers kept
+    between epochs) when training on a GPU."""
 
     def __init__(
         self,
@@ -145,7 +184,7 @@ class SamplesDataModule(AnomalibDataModule):
         super().__init__(
             train_batch_size=batch_size,
             eval_batch_size=batch_size,
-            num_workers=int(os.environ.get("VIADK8S_DATALOADER_WORKERS", "0")),
+            num_workers=loader_workers(),
             val_split_mode=ValSplitMode.FROM_DIR if has_val else ValSplitMode.NONE,
             test_split_mode=TestSplitMode.FROM_DIR,
             seed=seed,
@@ -153,10 +192,50 @@ class SamplesDataModule(AnomalibDataModule):
         # set after the base class, which owns attributes such as ``_samples``
         self._name, self.run_samples, self.labelled_train, self.bit_depth = name, samples, labelled_train, bit_depth
         self.balanced = balanced
+        self.decoded: DecodedImages | None = None  # made by setup, which knows the model's size
 
     @property
     def name(self) -> str:
         return self._name
+
+    def _datasets(self) -> list[SamplesDataset]:
+        return [d for d in (getattr(self, f"{s}_data", None) for s in ("train", "val", "test")) if d is not None]
+
+    def setup(self, stage: str | None = None) -> None:
+        """anomalib's setup, then every image and mask of the run decoded once, at the model's size,
+        into the run's folder (the trainer's root). Without a trainer, images are read at their own
+        size on every access."""
+        transform = get_nested_attr(self, "trainer.model.pre_processor.transform", None)
+        resizes = extract_transforms_by_type(transform, Resize) if transform is not None else []
+        resize = resizes[0] if resizes else None  # the model's first Resize: the one anomalib applies before collating
+        if self.decoded is None or not same_resize(resize, self.decoded.resize):
+            folder = Path(self.trainer.default_root_dir) / "decoded" if self.trainer else Path()
+            self.decoded = DecodedImages(self.bit_depth, resize, folder, budget_mb())
+        super().setup(stage)
+        datasets = self._datasets()
+        for dataset in datasets:  # made by an earlier setup, perhaps
+            dataset.decoded = self.decoded
+        if self.trainer and cache_enabled():
+            rows = [(d, row) for d in datasets for row in d.samples.itertuples()]
+            masks = [(row.mask_path, row.image_path) for d, row in rows if d.needs_mask(row)]
+            self.decoded.fill((row.image_path for _, row in rows), masks, threads=usable_cpus())
+
+    def _update_augmentations(self) -> None:
+        """None: anomalib would give each dataset the model's resize, which :meth:`setup` applies once."""
+
+    def _loader(self, dataset: SamplesDataset, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(dataset, shuffle=shuffle, batch_size=batch_size, collate_fn=dataset.collate_fn, **self._loader_args())
+
+    def _loader_args(self) -> dict[str, Any]:
+        """Pinned memory on a GPU (faster host-to-device copies); workers kept between epochs there."""
+        gpu = accelerator() == "gpu"
+        return {"num_workers": self.num_workers, "pin_memory": gpu, "persistent_workers": gpu and self.num_workers > 0}
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_data, False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_data, False, self.eval_batch_size)
 
     def _dataset(self, split: str) -> SamplesDataset:
         rows = []
@@ -175,14 +254,15 @@ class SamplesDataModule(AnomalibDataModule):
                     "split": "train" if split == "train" and label == 0 else "test",
                 }
             )
-        return SamplesDataset(self._name, pd.DataFrame(rows), self.bit_depth)
+        assert self.decoded is not None  # setup made it before anomalib's setup calls this
+        return SamplesDataset(self._name, pd.DataFrame(rows), self.decoded)
 
     def train_dataloader(self) -> DataLoader:
-        """Half normal, half labelled anomalies (viadk8s.data.supervised) where asked; else anomalib's."""
+        """Half normal, half labelled anomalies (viadk8s.data.supervised) where asked; else shuffled."""
         if not (self.labelled_train and self.balanced):
-            return super().train_dataloader()
+            return self._loader(self.train_data, True, self.train_batch_size)
         labels = self.train_data.samples.label_index.tolist()
-        loader_args = {"num_workers": self.num_workers, "collate_fn": self.train_data.collate_fn}
+        loader_args = {"collate_fn": self.train_data.collate_fn, **self._loader_args()}
         return balanced_loader(self.train_data, labels, self.balanced, self.train_batch_size, self.seed, **loader_args)
 
     def _setup(self, _stage: str | None = None) -> None:
@@ -196,6 +276,7 @@ class SamplesDataModule(AnomalibDataModule):
 class Outcome:
     metrics: dict[str, float]
     scores: pd.DataFrame
+    mistakes: list[Mistake]
     fit_s: float
     test_s: float
     epochs_run: int
@@ -211,8 +292,11 @@ def accelerator() -> str:
     return chosen
 
 
-def train_and_test(spec: RunSpec, model: AnomalibModule, data: SamplesDataModule, work: Path, pixel: bool) -> Outcome:
-    collector = PredictionCollector(pixel)
+def train_and_test(
+    spec: RunSpec, model: AnomalibModule, data: SamplesDataModule, work: Path, pixel: bool, keep: int = 0
+) -> Outcome:
+    """``keep``: how many of the worst-scored good and bad test images to keep, with their maps."""
+    collector = PredictionCollector(pixel, keep)
     variant = spec.variant
     early = variant.validation != "last_epoch"
     history = ValidationHistory(variant.monitor)
@@ -250,4 +334,7 @@ def train_and_test(spec: RunSpec, model: AnomalibModule, data: SamplesDataModule
     start = time.perf_counter()
     engine.test(model, datamodule=data, ckpt_path=checkpoint, verbose=False)
     test_s = time.perf_counter() - start
-    return Outcome(collector.metrics(), collector.frame(), fit_s, test_s, epochs_run, tested_epoch, history.points, timer.seconds)
+    mistakes = [*collector.mistakes[0], *collector.mistakes[1]]
+    return Outcome(
+        collector.metrics(), collector.frame(), mistakes, fit_s, test_s, epochs_run, tested_epoch, history.points, timer.seconds
+    )
