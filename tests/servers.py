@@ -47,9 +47,37 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @dataclass
+class Process:
+    """A server process a test can stop and start again: same ports, same data."""
+
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    ready: Callable[[], bool]
+    wait_s: float
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True, cwd=self.log.parent
+            )
+        _wait(self.ready, self.proc, self.log, self.wait_s)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+@dataclass
 class S3Server:
     endpoint: str
-    proc: subprocess.Popen[bytes]
+    process: Process
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self.process.proc is not None
+        return self.process.proc
 
     @property
     def env(self) -> dict[str, str]:
@@ -106,37 +134,32 @@ def seaweedfs(root: Path) -> Iterator[S3Server]:
         *(f"-{name}={port}" for name, port in ports.items()),
     ]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", proc)
+    import boto3
+
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name="us-east-1"
+    )
+
+    def ready() -> bool:
+        try:
+            client.head_bucket(Bucket=BUCKET)
+            return True
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    server = S3Server(endpoint, Process(args, env, log, ready, 90))
     try:
-        import boto3
-
-        client = boto3.client(
-            "s3",
-            endpoint_url=server.endpoint,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-            region_name="us-east-1",
-        )
-
-        def ready() -> bool:
-            try:
-                client.head_bucket(Bucket=BUCKET)
-                return True
-            except Exception:  # noqa: BLE001 - not up yet
-                return False
-
-        _wait(ready, proc, log, 90)
+        server.process.start()
         yield server
     finally:
-        _stop(proc)
+        server.process.stop()
 
 
 @dataclass
 class MlflowServer:
     uri: str
-    proc: subprocess.Popen[bytes]
+    process: Process
 
 
 @contextmanager
@@ -159,19 +182,18 @@ def mlflow_server(root: Path, s3: S3Server) -> Iterator[MlflowServer]:
         "1",
     ]
     env = {**os.environ, **s3.env, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=root)
-    server = MlflowServer(f"http://127.0.0.1:{port}", proc)
+    uri = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
         try:
-            with urllib.request.urlopen(f"{server.uri}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
                 return response.status == 200
         except OSError:
             return False
 
+    server = MlflowServer(uri, Process(args, env, log, ready, 120))
     try:
-        _wait(ready, proc, log, 120)
+        server.process.start()
         yield server
     finally:
-        _stop(proc)
+        server.process.stop()

@@ -1,8 +1,9 @@
-"""Datasets mirrored in the store: one tar archive per category plus a manifest.
+"""Datasets (and pretrained weights) mirrored in the store: tar archives plus a manifest.
 
 ``datasets/<name>/<category>-<sha12>.tar[.gz]`` archives are content-addressed and uploaded
 first; ``datasets/<name>/manifest.json`` (sha256, bytes, file counts) is written last, so a
-reader never sees a manifest pointing at a missing or partial archive.
+reader never sees a manifest pointing at a missing or partial archive. The weights mirror
+(:mod:`viadk8s.worker.weights`) uses the same archives, upload and verification.
 """
 
 from __future__ import annotations
@@ -70,12 +71,25 @@ def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def _archive(category_dir: Path, out: Path, compress: bool) -> int:
-    files = sorted(p for p in category_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
-    with tarfile.open(out, "w:gz" if compress else "w") as tar:
+def _archive(files: list[Path], base: Path, out: Path, compress: bool) -> None:
+    """``files`` named relative to ``base``; links are stored as the files they point to (a Hugging
+    Face cache links its snapshots to blobs), so extraction never has to follow a link."""
+    with tarfile.open(out, "w:gz" if compress else "w", dereference=True) as tar:
         for path in files:
-            tar.add(path, arcname=str(Path(category_dir.name) / path.relative_to(category_dir)), filter=_normalised)
-    return len(files)
+            tar.add(path, arcname=str(path.relative_to(base)), filter=_normalised)
+
+
+def upload_archive(store: Store, files: list[Path], base: Path, key_stem: str, work: Path, compress: bool = False) -> Archive:
+    """Archive ``files`` (named relative to ``base``) and upload it as ``<key_stem>-<sha12>.tar[.gz]``."""
+    suffix = ".tar.gz" if compress else ".tar"
+    local = work / f"{Path(key_stem).name}{suffix}"
+    _archive(files, base, local, compress)
+    digest = sha256_file(local)
+    key = f"{key_stem}-{digest[:12]}{suffix}"
+    store.upload(key, local)
+    size = local.stat().st_size
+    local.unlink()
+    return Archive(key=key, sha256=digest, bytes=size, files=len(files), compression="gzip" if compress else "none")
 
 
 def upload_dataset(store: Store, name: str, source: Path, compress: bool = False) -> Manifest:
@@ -88,17 +102,10 @@ def upload_dataset(store: Store, name: str, source: Path, compress: bool = False
     masks: Literal["pixel", "image"] = "pixel" if all(has_pixel_masks(s) for s in scanned.values()) else "image"
     existing = read_manifest(store, name)
     archives = dict(existing.categories) if existing else {}
-    suffix = ".tar.gz" if compress else ".tar"
     with tempfile.TemporaryDirectory(prefix="viadk8s-upload-") as work:
         for category in categories:
-            local = Path(work) / f"{category}{suffix}"
-            files = _archive(source / category, local, compress)
-            digest = sha256_file(local)
-            key = f"datasets/{name}/{category}-{digest[:12]}{suffix}"
-            store.upload(key, local)
-            archives[category] = Archive(
-                key=key, sha256=digest, bytes=local.stat().st_size, files=files, compression="gzip" if compress else "none"
-            )
+            files = sorted(p for p in (source / category).rglob("*") if p.is_file() and not p.name.startswith("."))
+            archives[category] = upload_archive(store, files, source, f"datasets/{name}/{category}", Path(work), compress)
     manifest = Manifest(
         name=name,
         masks=masks if not existing or existing.masks == masks else "image",
@@ -116,17 +123,22 @@ def verify_dataset(store: Store, name: str) -> list[str]:
         raise SpecError(
             f"dataset {name!r} is not mirrored in {store.uri}; mirror it with 'viadk8s datasets upload {name} --from DIR'"
         )
+    return verify_archives(store, manifest.categories)
+
+
+def verify_archives(store: Store, archives: dict[str, Archive]) -> list[str]:
+    """Download each archive and check its sha256 and file count; returns one line per problem."""
     problems = []
     with tempfile.TemporaryDirectory(prefix="viadk8s-verify-") as work:
-        for category, archive in manifest.categories.items():
+        for name, archive in archives.items():
             local = Path(work) / "archive"
             store.download(archive.key, local)
             digest = sha256_file(local)
             if digest != archive.sha256:
-                problems.append(f"{category}: sha256 {digest[:12]}… does not match the manifest's {archive.sha256[:12]}…")
+                problems.append(f"{name}: sha256 {digest[:12]}… does not match the manifest's {archive.sha256[:12]}…")
                 continue
             with tarfile.open(local) as tar:
                 files = sum(1 for member in tar if member.isfile())
             if files != archive.files:
-                problems.append(f"{category}: {files} files, the manifest says {archive.files}")
+                problems.append(f"{name}: {files} files, the manifest says {archive.files}")
     return problems

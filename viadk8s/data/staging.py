@@ -9,16 +9,19 @@ worker keeps a shared lock on what it uses for its lifetime, so least-recently-u
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
 import shutil
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from viadk8s.data.mirror import Manifest, sha256_file
-from viadk8s.errors import SpecError
+from viadk8s.errors import InfraError, SpecError
 from viadk8s.store import Store
 
 log = logging.getLogger(__name__)
@@ -27,7 +30,8 @@ SIZE = ".bytes"
 _held: dict[Path, int] = {}  # entry -> its shared lock, kept until the process exits
 
 
-def _lock(path: Path, mode: int) -> int | None:
+def file_lock(path: Path, mode: int) -> int | None:
+    """An open, ``flock``-ed file descriptor; None when ``LOCK_NB`` is asked and someone holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -53,7 +57,7 @@ def evict(cache: Path, need: int, max_bytes: int) -> None:
     for entry in sorted(entries, key=lambda e: (e / USED).stat().st_mtime if (e / USED).exists() else 0):
         if total + need <= max_bytes:
             return
-        fd = _lock(root / ".locks" / f"{entry.parent.name}-{entry.name}.lock", fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = file_lock(root / ".locks" / f"{entry.parent.name}-{entry.name}.lock", fcntl.LOCK_EX | fcntl.LOCK_NB)
         if fd is None:
             continue  # in use by another worker
         try:
@@ -76,7 +80,7 @@ def stage(store: Store, manifest: Manifest, category: str, cache: Path, max_byte
     entry = root / manifest.name / archive.sha256[:16]
     if entry in _held:  # this process staged it already (and holds it)
         return entry / category, False
-    fd = _lock(root / ".locks" / f"{manifest.name}-{entry.name}.lock", fcntl.LOCK_EX)
+    fd = file_lock(root / ".locks" / f"{manifest.name}-{entry.name}.lock", fcntl.LOCK_EX)
     assert fd is not None
     downloaded = False
     try:
@@ -95,24 +99,37 @@ def stage(store: Store, manifest: Manifest, category: str, cache: Path, max_byte
 
 
 def _download_and_extract(store: Store, key: str, sha256: str, entry: Path) -> None:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    download = entry.parent / f".{entry.name}.{os.getpid()}.download"
-    extract = entry.parent / f".{entry.name}.{os.getpid()}.extract"
+    with verified_extract(store, key, sha256, entry, "viadk8s datasets upload") as extract:
+        (extract / SIZE).write_text(str(sum(p.stat().st_size for p in extract.rglob("*") if p.is_file())))
+        shutil.rmtree(entry, ignore_errors=True)  # a leftover from a crash, never a complete entry
+        extract.rename(entry)
+
+
+@contextlib.contextmanager
+def verified_extract(store: Store, key: str, sha256: str, target: Path, upload_command: str) -> Iterator[Path]:
+    """Download an archive, check its sha256 and extract it into a temporary folder beside ``target``
+    (one file system: the caller renames what it needs into place, atomically). The download and the
+    folder are removed on exit, whatever happens; a full disk is an infrastructure error."""
+    download = target.parent / f".{target.name}.{os.getpid()}.download"
+    extract = target.parent / f".{target.name}.{os.getpid()}.extract"
     start = time.perf_counter()
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         store.download(key, download)
         digest = sha256_file(download)
         if digest != sha256:
             raise SpecError(
                 f"archive {store.uri}/{key} is corrupt: sha256 {digest[:12]}… does not match the manifest's "
-                f"{sha256[:12]}…; removed from the cache, re-upload it with 'viadk8s datasets upload'"
+                f"{sha256[:12]}…; removed from the cache, re-upload it with '{upload_command}'"
             )
         with tarfile.open(download) as tar:
             tar.extractall(extract, filter="data")  # refuses absolute paths, '..' and links out of the folder
-        (extract / SIZE).write_text(str(sum(p.stat().st_size for p in extract.rglob("*") if p.is_file())))
-        shutil.rmtree(entry, ignore_errors=True)  # a leftover from a crash, never a complete entry
-        extract.rename(entry)
+        yield extract
         log.info("cache: staged %s in %.1f s", key, time.perf_counter() - start)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise InfraError(f"no space left in {target.parent} while staging {store.uri}/{key}; nothing was kept") from None
     finally:
         download.unlink(missing_ok=True)
         shutil.rmtree(extract, ignore_errors=True)

@@ -29,7 +29,13 @@ DryRun = Literal["client", "server"]
 State = Literal["pending", "running", "succeeded", "failed"]
 STATES: tuple[State, ...] = ("pending", "running", "succeeded", "failed")
 #: What the worker's exit codes mean (viadk8s.worker), and the kernel's OOM kill.
-EXIT_MEANINGS = {1: "crash in training", 2: "invalid input", 3: "infrastructure", 137: "killed, out of memory?"}
+EXIT_MEANINGS = {
+    1: "crash in training",
+    2: "invalid input",
+    3: "infrastructure",
+    137: "killed, out of memory?",
+    143: "terminated (SIGTERM)",
+}
 _RUN_KEY = re.compile(r"^[0-9a-f]{16}$")
 
 
