@@ -204,6 +204,9 @@ class ClusterSettings(_Settings):
     gpu: Gpu = Gpu()
     resources: Resources = Resources()
     shm_size: Quantity = "8Gi"
+    dataloader_workers: int | None = Field(
+        default=None, ge=0, le=256, description="DataLoader workers per run; unset: the pod's CPU limit minus one"
+    )
     scheduling: Scheduling = Scheduling()
     queue: DnsName | None = Field(default=None, description="Kueue LocalQueue: Jobs are created suspended and labelled for it")
     cache: Volume = Volume()

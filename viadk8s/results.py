@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from viadk8s.errors import Viadk8sError, validation_message
@@ -17,7 +20,8 @@ from viadk8s.store import Store
 RESULT = "result.json"
 SCORES = "scores.csv"
 HISTOGRAM = "scores.png"
-SNAPSHOT = ".results-snapshot.json"  # what aggregation read last time, with versions (remote stores)
+OVERLAY = "overlay-{kind}-{rank:02d}.png"  # kind: "good" (scored highest) or "bad" (scored lowest)
+INDEX = ".index"  # remote stores: runs/<sweep>/.index/<shard>.json, results by key with their versions
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +44,27 @@ class DataSummary(BaseModel):
     images: dict[str, Any] = {}  # bit depth applied (and how it was found), masks resized to their image
 
 
+class Uncertainty(BaseModel):
+    """Bootstrap intervals of the image metrics: recomputable from scores.csv with these settings
+    (:func:`viadk8s.stats.intervals`)."""
+
+    method: str
+    confidence: float
+    resamples: int
+    seed: int
+    intervals: dict[str, list[float]]  # metric: [low, high]
+
+
+class Overlay(BaseModel):
+    """One kept picture of a mistake: an artifact beside the result."""
+
+    file: str
+    image: str  # relative to the category folder
+    defect: str
+    label: int
+    score: float
+
+
 class RunResult(BaseModel):
     model_config = ConfigDict(extra="ignore")  # a newer viadk8s may add fields: read, not refused
     run_key: str
@@ -53,7 +78,10 @@ class RunResult(BaseModel):
     validation_history: list[dict[str, float]] = []  # early stop: the monitored metric per validation
     device: str
     versions: dict[str, str]
+    lock_sha256: str | None = None  # viadk8s/requirements.lock's, when the run recorded it
     notes: list[str] = []
+    uncertainty: Uncertainty | None = None
+    overlays: list[Overlay] = []
     tracking: dict[str, str] = {}
     finished_at: str
 
@@ -107,6 +135,22 @@ def is_done(store: Store, spec: RunSpec) -> bool:
         return False
 
 
+def load_scores(store: Store, results: Sequence[RunResult]) -> dict[str, pd.DataFrame]:
+    """Each run's ``scores.csv`` by run key (read concurrently); a run without one is left out,
+    with a warning: its tables still come from result.json, only its per-image views are missing."""
+
+    def read(result: RunResult) -> pd.DataFrame | None:
+        try:
+            return pd.read_csv(io.BytesIO(store.read_bytes(f"{run_prefix(result.spec)}/{SCORES}")))
+        except FileNotFoundError:
+            log.warning("warning: run %s has no %s; it is left out of per-image statistics", result.run_key, SCORES)
+            return None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        frames = dict(zip((r.run_key for r in results), pool.map(read, results), strict=True))
+    return {key: frame for key, frame in frames.items() if frame is not None}
+
+
 def save_sweep(store: Store, sweep: Sweep) -> None:
     """Record the plan; runs planned earlier under the same sweep id are kept."""
     key = sweep_key(sweep.sweep_id)
@@ -118,19 +162,62 @@ def save_sweep(store: Store, sweep: Sweep) -> None:
     store.write_bytes(key, sweep.model_copy(update={"runs": list(runs.values())}).model_dump_json(indent=2).encode())
 
 
+def commit_result(store: Store, result: RunResult) -> None:
+    """Write the run's ``result.json`` (its commit marker), then record it in its sweep's index.
+
+    On a remote store, aggregation reads the index's few shards instead of one object per run
+    (10,000 GETs cost seconds of client and server CPU). The index is only a cache checked against
+    the listing: an entry lost when two writers update a shard at once, or left stale, costs one
+    fetch, never a wrong or missing result; so a failed index update is a warning, not a failure.
+    """
+    key = f"{run_prefix(result.spec)}/{RESULT}"
+    text = result.model_dump_json(indent=2)
+    version = store.write_bytes(key, text.encode())
+    if store.local_path(key) is None:
+        shard = _index_shard(key)
+        entry = {"version": version, "result": text}
+        try:
+            store.write_bytes(shard, json.dumps({**_read_shard(store, shard), key: entry}).encode())
+        except Viadk8sError as err:
+            log.warning("warning: %s is committed but not indexed (%s); aggregation will fetch it", key, err)
+
+
+def _index_shard(result_key: str) -> str:
+    """``runs/<sweep>/<run_key>/result.json`` → ``runs/<sweep>/.index/<run_key[:2]>.json`` (≤ 256 shards a sweep)."""
+    runs, sweep, run_key = result_key.split("/")[:3]
+    return f"{runs}/{sweep}/{INDEX}/{run_key[:2]}.json"
+
+
+def _read_shard(store: Store, key: str) -> dict[str, dict[str, str]]:
+    """An index shard's well-formed entries; none when it is missing or unreadable (it is a cache)."""
+    try:
+        entries = json.loads(store.read_bytes(key))
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        log.warning("warning: results index %s is unreadable; its results are fetched one by one", key)
+        return {}
+    return {
+        k: e
+        for k, e in (entries.items() if isinstance(entries, dict) else ())
+        if isinstance(e, dict) and isinstance(e.get("version"), str) and isinstance(e.get("result"), str)
+    }
+
+
 def load_results(store: Store, sweep_id: str | None = None, experiment: str | None = None) -> list[RunResult]:
     """Every committed result of a sweep (or of all sweeps of an experiment).
 
-    Local files are read in turn (cheap). A remote store is read incrementally: the listing gives
-    each result's version (ETag), results unchanged since the last aggregation come from a snapshot
-    beside them, and only new or changed ones are fetched, by a thread pool.
+    Local files are read in turn (cheap). On a remote store the listing says which results exist
+    and their versions (ETags); their texts come from the sweeps' indexes where the versions match
+    (:func:`commit_result`), and only results missing there or changed are fetched.
     """
     prefix = f"runs/{sweep_id}/" if sweep_id else "runs/"
-    versions = {k: v for k, v in store.versions(prefix).items() if k.endswith(f"/{RESULT}")}
+    listing = store.versions(prefix)
+    versions = {k: v for k, v in listing.items() if k.endswith(f"/{RESULT}")}
     if store.local_path(prefix) is not None:
         raw = {k: store.read_bytes(k) for k in versions}
     else:
-        raw = _read_incrementally(store, prefix + SNAPSHOT, versions)
+        raw = _read_incrementally(store, [k for k in listing if f"/{INDEX}/" in k], versions)
     results = []
     for key, text in raw.items():
         try:
@@ -140,27 +227,30 @@ def load_results(store: Store, sweep_id: str | None = None, experiment: str | No
     return [r for r in results if experiment is None or r.spec.experiment == experiment]
 
 
-def _read_incrementally(store: Store, snapshot_key: str, versions: dict[str, str]) -> dict[str, bytes]:
-    """Each result's text, from the snapshot where its version is unchanged, else fetched."""
-    snapshot: dict[str, Any] = {}
-    try:
-        snapshot = json.loads(store.read_bytes(snapshot_key))
-    except FileNotFoundError:
-        log.info("no results snapshot %s yet: reading every result", snapshot_key)
-    except ValueError:
-        log.warning("results snapshot %s is unreadable; reading every result", snapshot_key)
-    kept = {
-        k: e
-        for k, e in snapshot.items()
-        if isinstance(e, dict) and e.get("version") == versions.get(k) and isinstance(e.get("result"), str)
-    }
-    missing = [k for k in versions if k not in kept]
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        fetched = dict(zip(missing, pool.map(store.read_bytes, missing), strict=True))
-    entries = {k: kept.get(k) or {"version": v, "result": fetched[k].decode(errors="replace")} for k, v in versions.items()}
-    if entries.keys() != snapshot.keys() or missing:
+def _read_incrementally(store: Store, shards: list[str], versions: dict[str, str]) -> dict[str, bytes]:
+    """Each listed result's text: from the index where its version matches, else fetched; the
+    shards that lacked a result are then rewritten with exactly the listed results they hold."""
+
+    def fetch(key: str) -> bytes | None:
         try:
-            store.write_bytes(snapshot_key, json.dumps(entries).encode())
+            return store.read_bytes(key)
+        except FileNotFoundError:  # removed since the listing: not a result any more
+            return None
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        indexed: dict[str, dict[str, str]] = {}
+        for entries in pool.map(lambda shard: _read_shard(store, shard), shards):
+            indexed.update(entries)
+        texts = {k: indexed[k]["result"].encode() for k, v in versions.items() if k in indexed and indexed[k]["version"] == v}
+        missing = [k for k in versions if k not in texts]
+        fetched = {k: text for k, text in zip(missing, pool.map(fetch, missing), strict=True) if text is not None}
+        texts.update(fetched)
+        stale: dict[str, dict[str, dict[str, str]]] = {_index_shard(k): {} for k in fetched}
+        for key, text in texts.items():
+            if _index_shard(key) in stale:
+                stale[_index_shard(key)][key] = {"version": versions[key], "result": text.decode(errors="replace")}
+        try:
+            list(pool.map(lambda item: store.write_bytes(item[0], json.dumps(item[1]).encode()), stale.items()))
         except Viadk8sError as err:  # read-only credentials: aggregation still works, only slower next time
-            log.warning("could not update the results snapshot %s: %s", snapshot_key, err)
-    return {k: e["result"].encode() for k, e in entries.items()}
+            log.warning("could not update the results index: %s", err)
+    return {k: texts[k] for k in versions if k in texts}

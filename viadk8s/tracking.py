@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from viadk8s.results import HISTOGRAM, RESULT, SCORES, RunResult, load_results, run_prefix
+from viadk8s.results import HISTOGRAM, SCORES, RunResult, commit_result, load_results, run_prefix
 from viadk8s.store import Store
 
 if TYPE_CHECKING:
@@ -56,10 +56,21 @@ def ensure_experiment(tracking_uri: str, store_uri: str, experiment: str) -> tup
 
 
 def _find_or_create(client: MlflowClient, experiment_id: str, tags: dict[str, str], match: str) -> tuple[str, bool]:
-    found = client.search_runs([experiment_id], filter_string=match, max_results=1)
+    """The run ``match`` finds, else a new one. Two processes may both find none and both create one
+    (a retried pod racing its predecessor, two ``run`` of one sweep): after creating, every process
+    keeps the oldest match and deletes the others, so they converge on one run (a process whose run
+    was deleted under it fails its attempt and finds the survivor on the next)."""
+    oldest = ["attributes.start_time ASC"]
+    found = client.search_runs([experiment_id], filter_string=match, max_results=1, order_by=oldest)
     if found:
         return found[0].info.run_id, True
-    return client.create_run(experiment_id, run_name=tags["mlflow.runName"], tags=tags).info.run_id, False
+    created = client.create_run(experiment_id, run_name=tags["mlflow.runName"], tags=tags).info.run_id
+    matches = sorted(client.search_runs([experiment_id], filter_string=match), key=lambda r: (r.info.start_time, r.info.run_id))
+    if not matches:
+        return created, False
+    for duplicate in matches[1:]:
+        client.delete_run(duplicate.info.run_id)
+    return matches[0].info.run_id, matches[0].info.run_id != created
 
 
 def sweep_run(client: MlflowClient, experiment_id: str, sweep: str) -> str:
@@ -80,6 +91,21 @@ def prepare_tracking(tracking_uri: str, store_uri: str, experiment: str, sweep: 
         sweep_run(client, experiment_id, sweep)
     except Exception as err:  # noqa: BLE001 - tracking must not stop a sweep
         log.warning("MLflow not ready (%s); runs will retry and keep results as pending", err)
+
+
+def log_report(path: Path, tracking_uri: str | None, store_uri: str, experiment: str, sweep: str) -> str | None:
+    """Attach a sweep's report to the sweep's parent run; the MLflow run id, or None when tracking is
+    off or unreachable (the report file itself is the deliverable: a warning, not a failure)."""
+    if not tracking_uri:
+        return None
+    try:
+        client, experiment_id = ensure_experiment(tracking_uri, store_uri, experiment)
+        run_id = sweep_run(client, experiment_id, sweep)
+        client.log_artifact(run_id, str(path))
+        return run_id
+    except Exception as err:  # noqa: BLE001 - MLflow down must not lose the report already written
+        log.warning("warning: could not log the report to MLflow: %s", str(err).splitlines()[0][:300] if str(err) else err)
+        return None
 
 
 def log_run(result: RunResult, tracking_uri: str | None, store_uri: str, files: list[Path]) -> dict[str, str]:
@@ -150,7 +176,7 @@ def sync_pending(store: Store, tracking_uri: str, sweep_id: str | None = None) -
             tracking = log_run(result, tracking_uri, store.uri, files)
         if tracking["status"] == "logged":
             result.tracking = tracking
-            store.write_bytes(f"{prefix}/{RESULT}", result.model_dump_json(indent=2).encode())
+            commit_result(store, result)
             synced += 1
         else:
             pending += 1

@@ -27,13 +27,15 @@ from viadk8s.data.images import detect_bit_depth, inspect
 from viadk8s.data.layout import Sample, has_pixel_masks, scan_category
 from viadk8s.data.resolve import Datasets
 from viadk8s.data.synthetic import texture_bank
+from viadk8s.lock import lock_sha256
 from viadk8s.metrics import verify
-from viadk8s.results import HISTOGRAM, RESULT, SCORES, DataSummary, RunResult, Timings, run_prefix
+from viadk8s.results import HISTOGRAM, SCORES, DataSummary, RunResult, Timings, Uncertainty, commit_result, run_prefix
 from viadk8s.spec import RunSpec
+from viadk8s.stats import METHOD, intervals
 from viadk8s.store import Store
 from viadk8s.tracking import log_run
 from viadk8s.worker.adapters import build_model, model_class, quirks_fixed
-from viadk8s.worker.outputs import write_histogram, write_scores
+from viadk8s.worker.outputs import scores_frame, write_histogram, write_overlays, write_scores
 from viadk8s.worker.training import Outcome, SamplesDataModule, accelerator, train_and_test
 from viadk8s.worker.variants import Prepared, prepare
 from viadk8s.worker.weights import cached_weights_only
@@ -100,9 +102,17 @@ def _result(spec: RunSpec, prepared: Prepared, pixel: bool, outcome: Outcome, de
             changes=prepared.record,
         ),
         versions=_versions(),
+        lock_sha256=lock_sha256(),
         notes=notes,
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+
+
+def _uncertainty(scores: pd.DataFrame, config: Config, seed: int) -> Uncertainty:
+    """Intervals from the stored scores, seeded by the run's seed: anyone can recompute them."""
+    settings = config.report
+    found = intervals(scores, settings.resamples, settings.confidence, seed)
+    return Uncertainty(method=METHOD, confidence=settings.confidence, resamples=settings.resamples, seed=seed, intervals=found)
 
 
 def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
@@ -133,16 +143,21 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
         )
         with quirks_fixed(entry, spec.weights == "imagenet"), cached_weights_only():
             model = build_model(spec, entry, _anomaly_source(config, notes), monitor)
-            outcome = train_and_test(spec, model, data, work, pixel)
+            outcome = train_and_test(spec, model, data, work, pixel, keep=config.report.overlays)
         result = _result(spec, prepared, pixel, outcome, device, notes)
         result.data.images = images
-        write_scores(outcome.scores, work / SCORES)
-        verify(result.metrics, pd.read_csv(work / SCORES))  # what we report is what scores.csv gives
-        write_histogram(outcome.scores, spec, work / HISTOGRAM)
-        artifacts = [work / SCORES, work / HISTOGRAM, *prepared.files]
+        tested = prepared.split("test")
+        write_scores(scores_frame(outcome.scores, tested), work / SCORES)
+        stored = pd.read_csv(work / SCORES)
+        verify(result.metrics, stored)  # what we report is what scores.csv gives
+        result.uncertainty = _uncertainty(stored, config, spec.seed)
+        write_histogram(stored, spec, work / HISTOGRAM)
+        overlays = write_overlays(outcome.mistakes, tested, images["bit_depth"], work / "overlays")
+        result.overlays = [overlay for _, overlay in overlays]
+        artifacts = [work / SCORES, work / HISTOGRAM, *prepared.files, *(path for path, _ in overlays)]
         prefix = run_prefix(spec)
         for path in artifacts:
             store.upload(f"{prefix}/{path.name}", path)
         result.tracking = log_run(result, config.tracking_uri, config.store_uri, artifacts)
-        store.write_bytes(f"{prefix}/{RESULT}", result.model_dump_json(indent=2).encode())
+        commit_result(store, result)
     return result
