@@ -17,7 +17,7 @@ from viadk8s.plan import Plan
 from viadk8s.results import is_done, save_sweep
 from viadk8s.spec import RunSpec
 from viadk8s.tracking import prepare_tracking
-from viadk8s.worker.env import worker_env
+from viadk8s.worker.env import LOADER_WORKERS, worker_env
 
 ERROR_PREFIX = "error: "
 
@@ -52,7 +52,8 @@ def logs_dir(config: Config, sweep_id: str) -> Path:
 
 def run_one(spec: RunSpec, config: Config, config_path: str | None, threads: int, log: Path) -> int:
     """One worker subprocess; its output goes to ``log``. Returns the exit code."""
-    env = {**worker_env(threads), **os.environ, "VIADK8S_STORE": config.store_uri}
+    # parallel local runs share the machine: each gets its slice of threads and of loader workers
+    env = {**worker_env(threads), LOADER_WORKERS: str(max(0, threads - 1)), **os.environ, "VIADK8S_STORE": config.store_uri}
     if config_path:
         env["VIADK8S_CONFIG"] = str(Path(config_path).resolve())
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -41,9 +41,8 @@ def worker_env(threads: int | None = None) -> dict[str, str]:
     }
     if os.environ.get("VIADK8S_ALLOW_DOWNLOADS") != "1":
         env["HF_HUB_OFFLINE"] = "1"
-    if threads:  # local parallel runs share the machine: each gets its slice, loader workers too
+    if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        env[LOADER_WORKERS] = str(max(0, threads - 1))
     return env
 
 
