@@ -14,6 +14,12 @@ import yaml
 TINY = {"categories": ["tiles", "fabric"], "n_train": 10, "n_test_good": 6, "n_test_bad": 6, "size": 64}
 
 
+def padim_spec(**changes: object) -> dict[str, object]:
+    """The quickest real run, as JSON for ``viadk8s worker --spec -``: PaDiM on 'tiny' tiles at 64 px."""
+    spec = {"experiment": "evaluation", "model": "padim", "dataset": "tiny", "category": "tiles", "seed": 1, "image_size": 64}
+    return {**spec, "weights": "random", **changes}
+
+
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the developer's config, store or environment overrides."""

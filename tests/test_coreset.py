@@ -61,6 +61,41 @@ def test_rows_in_many_blocks_select_as_one_block(monkeypatch: pytest.MonkeyPatch
     assert len(set(whole.tolist()) & set(theirs)) / len(theirs) >= 0.999
 
 
+def lattice(n: int, d: int) -> torch.Tensor:
+    """Points on a small integer grid, many repeated: exact ties in distance everywhere."""
+    generator = torch.Generator().manual_seed(n + d)
+    return torch.randint(0, 4, (n, d), generator=generator).float()
+
+
+SHAPES = [cnn_like(4000, 128), cnn_like(3000, 40, offset=50.0), lattice(2000, 6)]
+
+
+@pytest.mark.parametrize("features", SHAPES, ids=["cnn", "far", "ties"])
+def test_pruning_selects_what_measuring_every_point_selects(features: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skipping the points the triangle inequality rules out changes nothing, ties and rounding included."""
+    gathered = []
+    select = torch.index_select
+    monkeypatch.setattr(torch, "index_select", lambda *a, **k: gathered.append(len(a[2])) or select(*a, **k))
+    embedding = features.reshape(len(features), 2, -1)  # unprojected, so the lattice keeps its exact ties
+    seed(8)
+    pruned = k_center_greedy(embedding, 0.1)
+    monkeypatch.setattr(coreset, "FULL_PASS_SHARE", 0.0)  # every iteration measures every point
+    seed(8)
+    assert torch.equal(k_center_greedy(embedding, 0.1), pruned)
+    assert sum(gathered) < 0.5 * len(features) * (len(pruned) - 1)  # it did skip: most points, most iterations
+
+
+def test_rounding_slack_bounds_the_error_of_squared_distances() -> None:
+    """The bound the pruning widens by covers the expansion's real error against float64 distances."""
+    features = cnn_like(2000, 300, offset=20.0)
+    features -= features.mean(dim=0)
+    norms = features.pow(2).sum(dim=1)
+    expanded = norms[:, None] - 2 * features @ features[:50].T + norms[:50]
+    exact = torch.cdist(features.double(), features[:50].double()).pow(2)
+    error = (expanded.double() - exact).abs().max().item()
+    assert 0 < error <= coreset.rounding_slack(features, norms)
+
+
 def test_unprojected_embeddings_agree_too() -> None:
     """anomalib flattens a 3-D embedding instead of projecting it; so do we."""
     embedding = cnn_like(1500, 24).reshape(1500, 4, 6)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.conftest import TINY, padim_spec
 from tests.servers import BUCKET, MlflowServer, S3Server
 from tests.test_s3_mlflow import keys, make_dataset, mlflow, s3, s3_env, write_config  # noqa: F401
 from viadk8s.results import parse_result
@@ -25,16 +25,7 @@ from viadk8s.store import open_store
 
 pytestmark = pytest.mark.slow
 MID_TRAINING = "Fitting a Gaussian to the embedding"  # PaDiM's fit, logged by anomalib inside Trainer.fit
-SPEC = {
-    "sweep": "faults",
-    "experiment": "evaluation",
-    "model": "padim",
-    "dataset": "tiny",
-    "category": "tiles",
-    "seed": 1,
-    "image_size": 64,
-    "weights": "random",
-}
+SPEC = padim_spec(sweep="faults")
 TINY_DATASET = {"tiny": {"synthetic": TINY}}
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.checks import made_up_result
-from tests.conftest import TINY
+from tests.conftest import TINY, padim_spec
 from tests.servers import BUCKET, MlflowServer, S3Server, free_port, mlflow_server, seaweedfs
 from viadk8s.catalog import SyntheticOptions
 from viadk8s.data.synthetic import ensure_category
@@ -155,16 +155,7 @@ def test_corrupt_archive_is_refused_before_training(cli, tmp_path: Path, s3: S3S
         Bucket=BUCKET, Key=f"corrupt/{archive}", Body=b"garbage"
     )
     config = write_config(tmp_path / "viadk8s.yaml", store)
-    spec = {
-        "sweep": "bad",
-        "experiment": "evaluation",
-        "model": "padim",
-        "dataset": "mine",
-        "category": "tiles",
-        "seed": 1,
-        "image_size": 64,
-        "weights": "random",
-    }
+    spec = padim_spec(sweep="bad", dataset="mine")
     done = cli("worker", "--spec", "-", "--config", str(config), stdin=json.dumps(spec))
     assert done.returncode == 2, done.stderr
     assert "is corrupt: sha256" in done.stderr.splitlines()[-1]
@@ -236,16 +227,7 @@ def test_wrong_credentials_are_named(cli, tmp_path: Path, s3_env: dict[str, str]
 def test_mlflow_down_keeps_result_then_sync(cli, tmp_path: Path, s3_env: dict[str, str], mlflow: MlflowServer) -> None:  # noqa: ANN001
     store = f"s3://{BUCKET}/sync"
     down = write_config(tmp_path / "down.yaml", store, f"http://127.0.0.1:{free_port()}", datasets={"tiny": {"synthetic": TINY}})
-    spec = {
-        "sweep": "sync",
-        "experiment": "evaluation",
-        "model": "padim",
-        "dataset": "tiny",
-        "category": "tiles",
-        "seed": 1,
-        "image_size": 64,
-        "weights": "random",
-    }
+    spec = padim_spec(sweep="sync")
     done = cli(
         "worker", "--spec", "-", "--config", str(down), stdin=json.dumps(spec), env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     )

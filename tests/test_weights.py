@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY
+from tests.conftest import TINY, padim_spec
 from viadk8s.data.mirror import sha256_file
 from viadk8s.store import FileStore
 
@@ -75,16 +75,7 @@ def test_staged_imagenet_weights_are_loaded_offline(cli, tmp_path: Path) -> None
 
     config = tmp_path / "viadk8s.yaml"
     config.write_text(yaml.safe_dump({"store": str(tmp_path / "store"), "datasets": {"tiny": {"synthetic": TINY}}}))
-    spec = {
-        "sweep": "w",
-        "experiment": "evaluation",
-        "model": "padim",
-        "dataset": "tiny",
-        "category": "tiles",
-        "seed": 1,
-        "image_size": 64,
-        "weights": "imagenet",
-    }
+    spec = padim_spec(sweep="w", weights="imagenet")
     done = cli("worker", "--spec", "-", "--config", str(config), stdin=json.dumps(spec), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     (result,) = (tmp_path / "store" / "runs" / "w").glob("*/result.json")
