@@ -13,7 +13,6 @@ time, so writers race on the index shards as finishing pods do). Measured in thi
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from table import Row, limit_row, markdown
+from table import Row, limit_row, run_alone
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.servers: the same servers the tests use
 
@@ -127,12 +126,5 @@ def measure(results: int = 10_000) -> list[Row]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", type=int, default=10_000)
-    args = parser.parse_args()
-    print(markdown(measure(args.results)))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__)

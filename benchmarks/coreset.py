@@ -13,7 +13,6 @@ no higher.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from overhead import run_child
-from table import Row, limit_row, markdown, ratio_row
+from table import Row, limit_row, ratio_row, run_alone
 
 from viadk8s.catalog import SyntheticOptions
 from viadk8s.data.synthetic import ensure_category
@@ -137,14 +136,5 @@ def measure(images: int = 100, size: int = 256, ratio: float = 0.1) -> list[Row]
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--ratio", type=float, default=0.1)
-    args = parser.parse_args()
-    print(markdown(measure(args.images, args.size, args.ratio)))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__)

@@ -11,12 +11,11 @@ On a generated VisA-sized category (1500×1000 JPEGs, masks for the bad ones), a
   the share of each epoch spent waiting for data: the bare loop, the worker before the cache
   (no cache, no loader workers: its old defaults) and after. That share is what a GPU gains.
 
-    python benchmarks/data.py [--train 60] [--test 30] [--epochs 5] [--repeats 2]
+    python benchmarks/data.py [--n-train 60] [--n-test 30] [--epochs 5] [--repeats 2]
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import resource
@@ -35,7 +34,7 @@ from anomalib.engine import Engine
 from anomalib.models import Fastflow
 from lightning.pytorch import Callback, seed_everything
 from PIL import Image
-from table import Row, markdown, ratio_row
+from table import Row, ratio_row, run_alone
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import Resize
 from torchvision.tv_tensors import Image as TvImage
@@ -264,15 +263,5 @@ def measure(n_train: int = 60, n_test: int = 30, epochs: int = 5, repeats: int =
         return [data_row(samples, Path(tmp) / "rows"), *fit_rows(root, samples, epochs, Path(tmp) / "fits", repeats)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=60)
-    parser.add_argument("--test", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2, help="fits of the bare loop and of the worker, alternating")
-    args = parser.parse_args()
-    print(markdown(measure(args.train, args.test, args.epochs, args.repeats)))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__)

@@ -11,7 +11,6 @@ backbone) is timed for one epoch.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import os
@@ -21,7 +20,7 @@ import textwrap
 from pathlib import Path
 
 from overhead import run_child
-from table import Row, figure_row, markdown, ratio_row
+from table import Row, figure_row, ratio_row, run_alone
 
 from viadk8s import catalog
 from viadk8s.catalog import SyntheticOptions
@@ -97,14 +96,5 @@ def measure(models: str = "simplenet,msflow,inreach,mmr,dra,devnet", sizes: str 
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="simplenet,msflow,inreach,mmr,dra,devnet")
-    parser.add_argument("--sizes", default="128,256")
-    parser.add_argument("--epochs", type=int, default=3, help="at least 2: the first cached epoch fills the cache")
-    args = parser.parse_args()
-    print(markdown(measure(args.models, args.sizes, args.epochs)))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__)

@@ -14,7 +14,6 @@ anomalib's heap growth cannot take the machine down (reported as over the cap).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,7 +22,7 @@ import textwrap
 from pathlib import Path
 
 from overhead import run_child
-from table import Row, markdown, ratio_row
+from table import Row, ratio_row, run_alone
 
 from viadk8s import catalog
 from viadk8s.catalog import SyntheticOptions
@@ -119,14 +118,5 @@ def measure(images: int = 100, size: int = 256, cap_gb: float = 10) -> list[Row]
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--cap-gb", type=float, default=10)
-    args = parser.parse_args()
-    print(markdown(measure(args.images, args.size, args.cap_gb)))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__)

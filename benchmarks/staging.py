@@ -9,7 +9,6 @@ Measured in this run:
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from table import Row, limit_row, markdown, ratio_row
+from table import Row, limit_row, ratio_row, run_alone
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.servers: the same servers the tests use
 
@@ -113,13 +112,5 @@ def measure(mb: int = 200, repeats: int = 3) -> list[Row]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    print(markdown(measure(args.mb, args.repeats)))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__)

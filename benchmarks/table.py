@@ -7,6 +7,9 @@ is no target), ``note``. Rows are plain dicts so a module can be run alone or th
 
 from __future__ import annotations
 
+import argparse
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 Row = dict[str, Any]
@@ -53,3 +56,12 @@ def markdown(rows: list[Row]) -> str:
         cells = [shown.get(row.get(c), row.get(c)) if c == "met" else row.get(c, "") for c in columns]
         lines.append("| " + " | ".join("-" if cell is None else str(cell).replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines)
+
+
+def run_alone(measure: Callable[..., list[Row]], doc: str | None) -> None:
+    """A module's own command line: one ``--option`` per argument of its ``measure()``, with its default."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, parameter in inspect.signature(measure).parameters.items():
+        default = parameter.default
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=f"default {default}")
+    print(markdown(measure(**vars(parser.parse_args()))))

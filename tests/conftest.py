@@ -1,15 +1,17 @@
-"""Shared fixtures: a tiny synthetic dataset and an isolated store per test."""
+"""Shared fixtures: a tiny synthetic dataset, an isolated store per test, and real S3 and MLflow servers per module."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.servers import MlflowServer, S3Server, mlflow_server, seaweedfs
 
 TINY = {"categories": ["tiles", "fabric"], "n_train": 10, "n_test_good": 6, "n_test_bad": 6, "size": 64}
 
@@ -56,3 +58,26 @@ def cli(tmp_path: Path) -> Cli:
         )
 
     return run
+
+
+# Real servers on 127.0.0.1, one of each per test module that asks (tests.servers starts and stops them).
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mlflow(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[MlflowServer]:
+    with mlflow_server(tmp_path_factory.mktemp("mlflow"), s3) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point this process (and the CLI subprocesses, which inherit it) at the S3 server."""
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    return s3.env

@@ -1,7 +1,6 @@
 """Faults a sweep survives, against the real S3 (SeaweedFS) and MLflow servers and real worker
 processes: a worker killed or terminated mid-training, S3 and MLflow stopped and restarted
 mid-sweep, two ``viadk8s run`` of one sweep racing, a full dataset cache."""
-# ruff: noqa: F811 - the servers' fixtures (s3, s3_env, mlflow) come from test_s3_mlflow, tests take them as arguments
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ import pytest
 
 from tests.conftest import TINY, padim_spec
 from tests.servers import BUCKET, MlflowServer, S3Server
-from tests.test_s3_mlflow import keys, make_dataset, mlflow, s3, s3_env, write_config  # noqa: F401
+from tests.test_s3_mlflow import keys, make_dataset, write_config
 from viadk8s.results import parse_result
 from viadk8s.store import open_store
 

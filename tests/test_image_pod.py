@@ -26,7 +26,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,7 +34,7 @@ import pytest
 import yaml
 
 from tests.conftest import TINY
-from tests.servers import BUCKET, MlflowServer, S3Server, free_port, mlflow_server, seaweedfs
+from tests.servers import BUCKET, MlflowServer, S3Server, free_port
 from viadk8s.results import RESULT, parse_result, run_prefix
 from viadk8s.spec import RunSpec
 
@@ -70,18 +69,6 @@ def image() -> str:
     if subprocess.run([podman, "image", "exists", IMAGE], check=False).returncode != 0:
         _missing(f"image {IMAGE} not built: make image-local")
     return IMAGE
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def mlflow(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[MlflowServer]:
-    with mlflow_server(tmp_path_factory.mktemp("mlflow"), s3) as server:
-        yield server
 
 
 # --- the translation: a pod template -> `podman run` arguments ---------------------------------------

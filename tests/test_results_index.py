@@ -5,23 +5,16 @@ a result says: changed, removed, unindexed or concurrently written results are a
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.checks import made_up_result
-from tests.servers import BUCKET, S3Server, seaweedfs
+from tests.servers import BUCKET, S3Server
 from viadk8s.results import INDEX, RESULT, RunResult, commit_result, load_results, run_prefix
 from viadk8s.spec import RunSpec
 from viadk8s.store import FileStore, Store, open_store
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
 
 
 @pytest.fixture

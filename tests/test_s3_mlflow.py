@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -15,32 +14,12 @@ import yaml
 
 from tests.checks import made_up_result
 from tests.conftest import TINY, padim_spec
-from tests.servers import BUCKET, MlflowServer, S3Server, free_port, mlflow_server, seaweedfs
+from tests.servers import BUCKET, MlflowServer, S3Server, free_port
 from viadk8s.catalog import SyntheticOptions
 from viadk8s.data.synthetic import ensure_category
 from viadk8s.results import RESULT, RunResult, load_results, run_prefix
 from viadk8s.spec import RunSpec
 from viadk8s.store import open_store
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def mlflow(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[MlflowServer]:
-    with mlflow_server(tmp_path_factory.mktemp("mlflow"), s3) as server:
-        yield server
-
-
-@pytest.fixture
-def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Point this process (and the CLI subprocesses, which inherit it) at the S3 server."""
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    return s3.env
 
 
 def make_dataset(root: Path) -> Path:
