@@ -83,6 +83,8 @@ class RunResult(BaseModel):
     uncertainty: Uncertainty | None = None
     overlays: list[Overlay] = []
     tracking: dict[str, str] = {}
+    # facts a model states about its own fit: its `model_report` attribute, if it has one (e.g. InReaCh's bank share)
+    model_report: dict[str, Any] = {}
     finished_at: str
 
 

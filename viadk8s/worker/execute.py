@@ -146,6 +146,7 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
             outcome = train_and_test(spec, model, data, work, pixel, keep=config.report.overlays)
         result = _result(spec, prepared, pixel, outcome, device, notes)
         result.data.images = images
+        result.model_report = dict(getattr(model, "model_report", {}))
         tested = prepared.split("test")
         write_scores(scores_frame(outcome.scores, tested), work / SCORES)
         stored = pd.read_csv(work / SCORES)
