@@ -1,8 +1,10 @@
-"""MMR (viadk8s.models.mmr): invariants of its masking, decoder, loss, maps, optimiser and weights, and one CLI run."""
+"""MMR (viadk8s.models.mmr): invariants of its augmentation, masking, position embedding, decoder, loss, maps,
+optimiser and weights, hand-computed small cases of the formulas taken from the official code, and one CLI run."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,12 +18,17 @@ import timm
 import torch
 from lightning.pytorch import seed_everything
 from torch import nn
+from torchvision import transforms
 
 from tests.checks import run_tiny
 from viadk8s.models.mmr import Mmr
 from viadk8s.models.mmr.lightning_model import learning_rate_factor
 from viadk8s.models.mmr.torch_model import (
+    PRETRAIN_GRID,
     MaskedEncoder,
+    TrainingAugmentation,
+    distance_map,
+    encoder_position_embedding,
     random_masking,
     reconstruction_loss,
     restore,
@@ -168,18 +175,21 @@ def test_weight_decay_groups_exclude_biases_and_norms() -> None:
         assert (id(parameter) in no_decay) == norm_or_bias, name
     assert id(names["encoder.blocks.0.attn.qkv.weight"]) in decay and id(names["encoder.patch_embed.weight"]) in decay
     assert id(names["encoder.blocks.0.norm1.weight"]) in no_decay and id(names["decoder.branches.2.1.weight"]) in no_decay
-    assert all(g["lr"] == pytest.approx(1e-3 / 50) for g in optimizer.param_groups)  # the first warm-up epoch
+    assert all(g["lr"] == 0 for g in optimizer.param_groups)  # the first warm-up epoch, as officially: 1e-3 · 0/50
 
 
-def test_learning_rate_schedule() -> None:
-    paper = [learning_rate_factor(epoch, max_epochs=200) for epoch in range(200)]
-    assert paper[0] == pytest.approx(1 / 50) and paper[24] == pytest.approx(0.5) and paper[49] == 1.0  # linear warm-up
-    assert paper[50] == paper[119] == 1.0 and paper[120] == pytest.approx(0.1) and paper[159] == pytest.approx(0.1)
-    assert paper[160] == pytest.approx(0.01) and paper[199] == pytest.approx(0.01)
-    short = [learning_rate_factor(epoch, max_epochs=20) for epoch in range(20)]  # warm-up 5, steps at 12 and 16
-    assert short[:6] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0]) and short[11] == 1.0
-    assert short[12] == pytest.approx(0.1) and short[16] == pytest.approx(0.01)
-    assert [learning_rate_factor(e, max_epochs=2) for e in range(2)] == pytest.approx([1.0, 0.1])  # a smoke run
+def test_learning_rate_schedule_counts_epochs_as_the_official_code() -> None:
+    """Official ``mmr_adjust_learning_rate(epoch)``, called once per epoch: ``lr·epoch/50`` while
+    ``epoch < 50``, then ÷10 when ``epoch + 1`` reaches 120 and again at 160 (0-based epochs)."""
+    protocol = [learning_rate_factor(epoch, max_epochs=200) for epoch in range(200)]
+    assert protocol[:3] == pytest.approx([0.0, 0.02, 0.04]) and protocol[25] == pytest.approx(0.5)
+    assert protocol[49] == pytest.approx(0.98) and protocol[50] == protocol[118] == 1.0  # warm-up over, full rate
+    assert protocol[119] == protocol[158] == pytest.approx(0.1)  # the 120th epoch (1-based) is the first at 1e-4
+    assert protocol[159] == protocol[199] == pytest.approx(0.01)
+    short = [learning_rate_factor(epoch, max_epochs=20) for epoch in range(20)]  # warm-up 5, ÷10 at 12th and 16th
+    assert short[:6] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]) and short[10] == 1.0
+    assert short[11] == short[14] == pytest.approx(0.1) and short[15] == short[19] == pytest.approx(0.01)
+    assert [learning_rate_factor(e, max_epochs=2) for e in range(2)] == pytest.approx([0.1, 0.01])  # a smoke run
 
 
 def test_timm_vit_maps_onto_our_encoder() -> None:
@@ -191,7 +201,7 @@ def test_timm_vit_maps_onto_our_encoder() -> None:
     assert set(state) == set(encoder.state_dict())  # covers every parameter, nothing left over
     encoder.load_state_dict(state, strict=True)
     with torch.no_grad():
-        source.pos_embed[0, 1:] = sincos_position_embedding(32, (4, 4))  # MAE's fixed embedding, class token at 0
+        source.pos_embed[0, 1:] = encoder_position_embedding(32, (4, 4))  # MAE's table resized, class token at 0
         source.pos_embed[0, :1] = 0
         x = images(2)
         ours, ids_restore, grid = encoder(x)
@@ -205,6 +215,122 @@ def test_sincos_position_embedding_known_values() -> None:
     column_1_row_2 = embedding[2 * 4 + 1]  # row-major tokens
     expected = [0.841471, 0.009999833, 0.540302, 0.99995, 0.909297, 0.01999867, -0.416147, 0.9998]
     torch.testing.assert_close(column_1_row_2, torch.tensor(expected), rtol=0, atol=1e-6)  # sin/cos(1·ω), sin/cos(2·ω)
+
+
+def keys_cubic(x: float, a: float = -0.75) -> float:
+    """The cubic convolution kernel of torch's ``bicubic`` mode (Keys, a = -0.75)."""
+    x = abs(x)
+    if x <= 1:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a if x < 2 else 0.0
+
+
+def test_encoder_position_embedding_is_the_14_grid_table_resized_bicubically() -> None:
+    """At 256 px (16 x 16 tokens) the encoder adds MAE's 14 x 14 table resized bicubically (the official
+    ``get_abs_pos``), not the sin-cos of the 16 x 16 grid (which only the decoder adds)."""
+    assert PRETRAIN_GRID == (14, 14)
+    assert torch.equal(encoder_position_embedding(8, (14, 14)), sincos_position_embedding(8, (14, 14)))  # 224 px: as is
+    embedding = encoder_position_embedding(768, (16, 16))
+    assert embedding.shape == (256, 768)
+    assert not torch.allclose(embedding, sincos_position_embedding(768, (16, 16)), atol=1e-2)
+    small = encoder_position_embedding(8, (16, 16))  # channel 0 = sin(column · 1), channel 4 = sin(row · 1)
+    # output column 0 reads source x = (0 + 0.5)·14/16 - 0.5 = -0.0625: taps -2..1 clamped to 0, 0, 0, 1, whose
+    # sin(0) = 0, so only tap 1 counts, with weight keys(1.0625) = -0.0412: -0.0412 · sin 1 = -0.0347
+    assert keys_cubic(1.0625) == pytest.approx(-0.0411987, abs=1e-7)
+    assert float(small[0, 0]) == pytest.approx(keys_cubic(1.0625) * math.sin(1), abs=1e-6)
+    assert float(small[0, 0]) == pytest.approx(-0.034668, abs=1e-6)
+    for column in range(16):  # each column: the four taps of x = (c + 0.5)·14/16 - 0.5, every row alike
+        x = (column + 0.5) * 14 / 16 - 0.5
+        base = math.floor(x)
+        expected = sum(keys_cubic(x - base - k) * math.sin(min(max(base + k, 0), 13)) for k in (-1, 0, 1, 2))
+        torch.testing.assert_close(small[column::16, 0], torch.full((16,), expected), rtol=0, atol=1e-6)
+        torch.testing.assert_close(small[16 * column : 16 * column + 16, 4], torch.full((16,), expected), rtol=0, atol=1e-6)
+
+
+def test_distance_maps_are_upsampled_with_aligned_corners() -> None:
+    """Official ``cal_anomaly_map``: bilinear with ``align_corners=True``. A 2 x 2 map of distances
+    [[0, 0.5], [1, 2]] to 4 x 4: the corners stay, the rest is linear between them."""
+    teacher = torch.tensor([1.0, 0.0])[None, :, None, None].expand(1, 2, 2, 2)
+    student = torch.tensor([[[1.0, 1.0], [0.0, -1.0]], [[0.0, math.sqrt(3)], [1.0, 0.0]]])[None]  # cos 1, 1/2, 0, -1
+    coarse = (torch.tensor([[[0.0]], [[1.0]]])[None], torch.tensor([[[1.0]], [[0.0]]])[None])  # cos 0 everywhere
+    maps = distance_map([student, coarse[0]], [teacher, coarse[1]], (4, 4))
+    expected = torch.tensor(
+        [[0, 1 / 6, 1 / 3, 1 / 2], [1 / 3, 5 / 9, 7 / 9, 1], [2 / 3, 17 / 18, 11 / 9, 3 / 2], [1, 4 / 3, 5 / 3, 2]]
+    )
+    torch.testing.assert_close(maps, 1 + expected[None], rtol=0, atol=1e-6)  # + 1 from the coarse scale
+
+
+def ramp_images(n: int, size: int = 64) -> torch.Tensor:
+    """Images whose channel 0 holds each pixel's column and channel 1 its row."""
+    columns = torch.arange(size, dtype=torch.float32).expand(size, size)
+    return torch.stack([columns, columns.T, torch.zeros(size, size)]).expand(n, -1, -1, -1).contiguous()
+
+
+def test_augmentation_is_the_official_crop_and_flip() -> None:
+    """Seeded, it gives exactly torchvision's ``RandomResizedCrop(size, scale=(0.7, 1), bicubic)`` +
+    ``RandomHorizontalFlip()`` (the official training transform), applied image by image."""
+    x = images(6)
+    official = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(64, scale=(0.7, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.RandomHorizontalFlip(),
+        ]
+    )
+    torch.manual_seed(4)
+    expected = torch.stack([official(image) for image in x])
+    torch.manual_seed(4)
+    augmented = TrainingAugmentation()(x)
+    assert augmented.shape == x.shape and torch.equal(augmented, expected)
+    torch.manual_seed(4)
+    assert torch.equal(TrainingAugmentation()(x), augmented)  # the run seed fixes it
+    assert not torch.equal(augmented[0], augmented[1])  # each image its own crop
+
+
+def test_augmentation_crop_boxes_follow_the_official_ranges() -> None:
+    """The crop box read back from coordinate ramps (bicubic interpolation keeps a ramp linear away from
+    the borders): area 0.7-1 of the image, aspect ratio 3/4-4/3, inside the image, flipped about half
+    the time; and bicubic (it overshoots at a step, which bilinear cannot)."""
+    size, n = 64, 40
+    torch.manual_seed(1)
+    out = TrainingAugmentation()(ramp_images(n, size))
+    flips = 0
+    areas = []
+    for image in out:
+        x_step = float(image[0, 32, 48] - image[0, 32, 16]) / 32  # source columns per output column: ±width/size
+        y_step = float(image[1, 48, 32] - image[1, 16, 32]) / 32
+        width, height = abs(x_step) * size, y_step * size
+        assert width == pytest.approx(round(width), abs=1e-3) and height == pytest.approx(round(height), abs=1e-3)
+        width, height = round(width), round(height)
+        column = 16 if x_step > 0 else size - 1 - 16
+        left = float(image[0, 32, column]) - (16.5 * width / size - 0.5)  # output pixel centre -> source position
+        top = float(image[1, 16, 32]) - (16.5 * height / size - 0.5)
+        assert left == pytest.approx(round(left), abs=1e-3) and top == pytest.approx(round(top), abs=1e-3)
+        assert 0 <= round(left) <= size - width and 0 <= round(top) <= size - height
+        # get_params rounds w = √(A·r), h = √(A/r) to integers: allow that rounding in the area and the ratio
+        assert 0.7 * size * size - size <= width * height <= size * size
+        assert 3 / 4 - 1 / size <= width / height <= 4 / 3 + 1 / size
+        areas.append(width * height / size**2)
+        flips += x_step < 0
+    assert 10 <= flips <= 30 and min(areas) < 0.8 and max(areas) > 0.95
+    step = torch.zeros(n, 3, size, size)
+    step[..., size // 2 :] = 1.0
+    torch.manual_seed(2)
+    stepped = TrainingAugmentation()(step)
+    assert stepped.min() < -1e-3 and stepped.max() > 1 + 1e-3
+
+
+def test_training_loss_runs_teacher_and_student_on_the_augmented_batch() -> None:
+    model = tiny_model().model.train()
+    seen: dict[str, torch.Tensor] = {}
+    model.teacher.register_forward_pre_hook(lambda _m, args: seen.update(teacher=args[0]))
+    model.student.encoder.register_forward_pre_hook(lambda _m, args: seen.update(student=args[0]))
+    x = images(3)
+    torch.manual_seed(7)
+    expected = model.augment(x)
+    torch.manual_seed(7)
+    loss = model.training_loss(x)
+    assert torch.equal(seen["teacher"], expected) and torch.equal(seen["student"], expected)
+    assert not torch.equal(expected, x) and loss.requires_grad and loss.item() > 0
 
 
 STAGED_LOAD = textwrap.dedent(
@@ -268,7 +394,6 @@ def test_staged_mae_checkpoint_fills_every_encoder_parameter(tmp_path: Path) -> 
 
 def test_same_seed_same_numbers() -> None:
     x = images(2)
-    batch = SimpleNamespace(image=x, image_path=["a.png", "b.png"])
     outputs = []
     for _ in range(2):
         model = tiny_model(seed=11)
@@ -276,7 +401,7 @@ def test_same_seed_same_numbers() -> None:
         optimizer = model.configure_optimizers()["optimizer"]
         seed_everything(5, verbose=False)
         model.model.train()
-        loss = reconstruction_loss(model.model.student(x), model.training_features(batch))
+        loss = model.model.training_loss(x)  # the same crops, flips and masks
         loss.backward()
         optimizer.step()
         with torch.no_grad():
@@ -284,19 +409,6 @@ def test_same_seed_same_numbers() -> None:
     (loss_a, a), (loss_b, b) = outputs
     assert loss_a == loss_b
     assert torch.equal(a.anomaly_map, b.anomaly_map) and torch.equal(a.pred_score, b.pred_score)
-
-
-def test_cached_teacher_maps_give_the_uncached_loss() -> None:
-    x = images(3)
-    batch = SimpleNamespace(image=x, image_path=["a.png", "b.png", "c.png"])
-    cached, uncached = tiny_model(seed=2), tiny_model(seed=2, cache_features=False)
-    assert uncached.feature_cache is None
-    cached.training_features(batch)  # fills the cache
-    losses = []
-    for model in (cached, uncached):
-        seed_everything(9, verbose=False)  # the same masks
-        losses.append(float(reconstruction_loss(model.model.student.train()(x), model.training_features(batch))))
-    assert len(cached.feature_cache) == 3 and losses[0] == losses[1]
 
 
 def test_planted_defect_scores_above_normal_images() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 from torchvision.transforms.v2 import CenterCrop, Normalize
 
 from tests.checks import run_tiny
@@ -15,6 +17,7 @@ from viadk8s import catalog
 from viadk8s.catalog import SyntheticOptions
 from viadk8s.data.synthetic import generate_category
 from viadk8s.models.simplenet import Simplenet
+from viadk8s.models.simplenet.torch_model import init_weight
 from viadk8s.worker.adapters import model_class
 
 SIZE = 64
@@ -96,6 +99,30 @@ def test_shapes_of_patch_features_and_outputs(
     assert torch.all(out.pred_score >= out.anomaly_map.flatten(1).amax(1) - 1e-6)
     wide = model.model(torch.cat([batch, batch[..., :32]], dim=-1))
     assert wide.anomaly_map.shape == (2, SIZE, SIZE + 32)
+
+
+def test_initialisation_is_the_official_one() -> None:
+    """Official ``init_weight``: Xavier-normal linear weights, N(0, 2/(fan_in + fan_out)); biases kept at
+    PyTorch's U(±1/√fan_in) (GLASS's init zeroes them); BatchNorm at PyTorch's weight 1, bias 0."""
+    network = build(0).model
+    adaptor, (body, norm, _), tail = network.adaptor.layers[0], network.discriminator.body, network.discriminator.tail
+    for layer, fan_in, fan_out in ((adaptor, 1536, 1536), (body, 1536, 1024), (tail, 1024, 1)):
+        assert float(layer.weight.std()) == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.1), layer
+    for layer in (adaptor, body):  # fan_in 1536: U(±0.0255), standard deviation 0.0255/√3
+        bound = 1 / math.sqrt(1536)
+        assert 0.99 * bound < float(layer.bias.abs().max()) <= bound
+        assert float(layer.bias.std()) == pytest.approx(bound / math.sqrt(3), rel=0.1)
+    assert tail.bias is None
+    assert torch.equal(norm.weight, torch.ones(1024)) and torch.equal(norm.bias, torch.zeros(1024))
+    zeroed = nn.Linear(4, 2)
+    nn.init.zeros_(zeroed.bias)  # as GLASS leaves a Projection
+    torch.manual_seed(0)
+    init_weight(zeroed)
+    assert bool((zeroed.bias != 0).all()) and float(zeroed.bias.abs().max()) <= 1 / math.sqrt(4)
+    untouched = nn.BatchNorm1d(3)
+    nn.init.constant_(untouched.weight, 2.0)
+    init_weight(untouched)  # the official init leaves BatchNorm alone
+    assert torch.equal(untouched.weight, torch.full((3,), 2.0))
 
 
 def test_loss_is_one_when_the_discriminator_outputs_zero(trained: tuple[Simplenet, torch.Tensor, list[float]]) -> None:

@@ -23,7 +23,6 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
@@ -35,9 +34,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from timm.optim import param_groups_weight_decay
 from torch import optim
 
-from viadk8s.models.components import FeatureCache
-
-from .torch_model import MmrModel, reconstruction_loss
+from .torch_model import MmrModel
 
 PAPER_EPOCHS = 200
 WARMUP_SHARE = 50 / PAPER_EPOCHS  # 50 warm-up epochs of 200
@@ -46,15 +43,18 @@ DECAY = 0.1
 
 
 def learning_rate_factor(epoch: int, max_epochs: int) -> float:
-    """Multiplier of the base learning rate in ``epoch`` (0-based): linear warm-up to 1, then x0.1 steps.
+    """Multiplier of the base learning rate in ``epoch`` (0-based), counted as the official
+    ``mmr_adjust_learning_rate`` counts it (once per epoch): warm-up epoch ``e`` of ``W`` runs at
+    ``e / W`` (the first at 0), then 1, divided by 10 from the 120th and again from the 160th
+    epoch (1-based; 0-based 119 and 159).
 
-    The paper's 50 / 120 / 160 of 200 epochs scale with ``max_epochs`` (each rounded), so a run cut
-    short keeps the schedule's shape; warm-up epoch ``e`` runs at ``(e + 1) / warm-up epochs``.
+    The official 50 / 120 / 160 of 200 epochs (the protocol's 200) scale with ``max_epochs``, each
+    rounded, so a run cut short keeps the schedule's shape; at 200 they are the official numbers.
     """
     warmup = round(WARMUP_SHARE * max_epochs)
     if epoch < warmup:
-        return (epoch + 1) / warmup
-    return DECAY ** sum(epoch >= round(share * max_epochs) for share in DECAY_AT)
+        return epoch / warmup
+    return DECAY ** sum(epoch + 1 >= round(share * max_epochs) for share in DECAY_AT)
 
 
 class Mmr(AnomalibModule):
@@ -78,9 +78,6 @@ class Mmr(AnomalibModule):
         learning_rate: AdamW's base learning rate. Defaults to ``1e-3``.
         weight_decay: AdamW's weight decay (not on biases and norms). Defaults to ``0.05``.
         betas: AdamW's betas. Defaults to ``(0.9, 0.95)``.
-        cache_features: compute the frozen teacher's maps of each training image once per run
-            (training images are not augmented, so each epoch would recompute the same numbers).
-            Defaults to ``True``.
         pre_processor: resize and ImageNet normalisation (no crop). Defaults to ``True``.
         post_processor: Defaults to ``True``.
         evaluator: Defaults to ``True``.
@@ -101,7 +98,6 @@ class Mmr(AnomalibModule):
         learning_rate: float = 1e-3,
         weight_decay: float = 0.05,
         betas: Sequence[float] = (0.9, 0.95),
-        cache_features: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -127,25 +123,14 @@ class Mmr(AnomalibModule):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.betas = tuple(betas)
-        self.feature_cache = FeatureCache(self.model.extract) if cache_features else None
-
-    def training_features(self, batch: Batch) -> list[torch.Tensor]:
-        """The teacher's maps of a training batch, from the cache when it is on."""
-        if self.feature_cache is None:
-            return self.model.extract(batch.image)
-        return self.feature_cache(batch.image, batch.image_path)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Reconstruction loss of the batch, the student seeing it with 40 % of its tokens masked."""
+        """Reconstruction loss of the batch, randomly cropped and flipped, the student seeing it with
+        40 % of its tokens masked (:meth:`MmrModel.training_loss`)."""
         del args, kwargs  # These variables are not used.
-        loss = reconstruction_loss(self.model.student(batch.image), self.training_features(batch))
+        loss = self.model.training_loss(batch.image)
         self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
         return {"loss": loss}
-
-    def on_train_end(self) -> None:
-        """Release the cached teacher maps: testing does not use them."""
-        if self.feature_cache is not None:
-            self.feature_cache.clear()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Image scores and anomaly maps of a validation batch (nothing masked)."""
@@ -153,7 +138,7 @@ class Mmr(AnomalibModule):
         return batch.update(**self.model(batch.image)._asdict())
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW on the student (no weight decay on biases and norms); warm-up, then x0.1 steps."""
+        """AdamW on the student (no weight decay on biases and norms); warm-up, then x0.1 steps, per epoch."""
         groups = param_groups_weight_decay(self.model.student, weight_decay=self.weight_decay)
         optimizer = optim.AdamW(groups, lr=self.learning_rate, betas=self.betas)
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else PAPER_EPOCHS

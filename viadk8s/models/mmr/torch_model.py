@@ -11,12 +11,13 @@ A frozen CNN *teacher* gives feature maps at three scales. The *student* is a Vi
 weights, trained in full) that sees the image with a random 40 % of its patch tokens removed; a light
 decoder puts learned mask tokens back in place, adds the position embedding and turns the token grid
 into three maps the teacher's shapes (a simple feature pyramid: transposed convolutions for the finer
-scales). Training makes each student map point the teacher's way (1 - channel cosine). At test time
-nothing is masked: where the student cannot reconstruct the teacher, the cosine distance is high.
+scales). Training, on randomly cropped and flipped images, makes each student map point the
+teacher's way (1 - channel cosine). At test time nothing is masked: where the student cannot
+reconstruct the teacher, the cosine distance is high.
 
-Written from the paper and ``shared/reference/models.md`` (the official code is Apache-2.0, but none
-of it is copied). Our own transformer block; anomalib's ``TimmFeatureExtractor`` and
-``GaussianBlur2d``, timm's ``LayerNorm2d`` are reused.
+Written from the paper, ``shared/reference/models.md`` and a reading of the official code
+(github.com/zhangzilongc/MMR, Apache-2.0; none of it is copied). Our own transformer block;
+anomalib's ``TimmFeatureExtractor``, timm's ``LayerNorm2d`` and torchvision's crop sampling are reused.
 """
 
 from __future__ import annotations
@@ -28,17 +29,23 @@ import timm
 import torch
 from anomalib.data import InferenceBatch
 from anomalib.models.components.feature_extractors import TimmFeatureExtractor
-from anomalib.models.components.filters import GaussianBlur2d
 from timm.layers import LayerNorm2d
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+from torchvision import transforms
+from torchvision.transforms.v2 import functional as TF  # noqa: N812
+
+from viadk8s.models.components.smoothing import GaussianFilter
 
 PATCH_SIZE = 16  # ViT-B/16: one token per 16 x 16 pixels, the teacher's layer-3 stride
+PRETRAIN_GRID = (14, 14)  # MAE's ViT-B/16 was pre-trained at 224 px: a 14 x 14 token grid
 LAYER_NORM_EPS = 1e-6  # MAE's LayerNorm epsilon, so its weights see what they were trained with
 MLP_RATIO = 4
+CROP_SCALE = (0.7, 1.0)  # the official training crop's share of the image area (DA_low_limit, DA_up_limit)
+CROP_RATIO = (3 / 4, 4 / 3)  # its aspect ratio range: torchvision's default, which the official code keeps
 
-# timm's ViT parameter names -> ours. MAE's position embedding is the fixed 2-D sin-cos of a 14 x 14
-# grid: we compute it for the actual grid instead of loading it (and resampling it bicubically).
+# timm's ViT parameter names -> ours. MAE's position embedding is the fixed 2-D sin-cos table of its
+# 14 x 14 grid: we compute that table instead of loading it (the same numbers; see encoder_position_embedding).
 TIMM_RENAMES = (("patch_embed.proj.", "patch_embed."), (".mlp.fc1.", ".mlp.0."), (".mlp.fc2.", ".mlp.2."))
 TIMM_IGNORED = frozenset({"pos_embed"})
 
@@ -61,6 +68,47 @@ def sincos_position_embedding(dim: int, grid: tuple[int, int]) -> torch.Tensor:
         angles = position[:, None] * omega[None, :]
         halves += [angles.sin(), angles.cos()]
     return torch.cat(halves, dim=1).float()
+
+
+def encoder_position_embedding(dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    """The encoder's position embedding on a ``grid`` of tokens, ``(H·W, dim)``, as the official code
+    makes it (``get_abs_pos``): MAE's sin-cos table of its 14 x 14 pre-training grid, resized
+    bicubically (``align_corners=False``) to ``grid`` when that differs (16 x 16 at 256 px).
+    The decoder's embedding, by contrast, is the sin-cos table computed on ``grid`` itself."""
+    table = sincos_position_embedding(dim, PRETRAIN_GRID)
+    if tuple(grid) == PRETRAIN_GRID:
+        return table
+    square = table.T.reshape(1, dim, *PRETRAIN_GRID)
+    return F.interpolate(square, size=grid, mode="bicubic", align_corners=False)[0].flatten(1).T
+
+
+class TrainingAugmentation(nn.Module):
+    """The official training augmentation, per image: a random crop covering ``scale`` of the image's
+    area with an aspect ratio in ``ratio`` (torchvision's ``RandomResizedCrop`` sampling), resized
+    bicubically (antialiased, as PIL) back to the image's size, then a left-right flip with
+    probability 1/2. Draws from torch's global generator (the run seed), as torchvision's transforms.
+
+    The official code crops the original, full-resolution image straight to the model's input size;
+    here the images arrive already resized to the protocol's size, and the crop is taken from them.
+    """
+
+    def __init__(self, scale: tuple[float, float] = CROP_SCALE, ratio: tuple[float, float] = CROP_RATIO) -> None:
+        super().__init__()
+        self.scale, self.ratio = list(scale), list(ratio)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, C, H, W)``, each image cropped and flipped on its own."""
+        size = list(images.shape[-2:])
+        augmented = []
+        for image in images:
+            top, left, height, width = transforms.RandomResizedCrop.get_params(image, self.scale, self.ratio)
+            image = TF.resized_crop(
+                image, top, left, height, width, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True
+            )
+            if torch.rand(1) < 0.5:
+                image = TF.horizontal_flip(image)
+            augmented.append(image)
+        return torch.stack(augmented)
 
 
 def random_masking(tokens: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,8 +168,9 @@ class Block(nn.Module):
 
 
 class MaskedEncoder(nn.Module):
-    """MAE's ViT encoder: patch embedding + fixed sin-cos positions, random masking, a class token,
-    transformer blocks and a final LayerNorm. Any input whose sides are multiples of 16 fits.
+    """MAE's ViT encoder: patch embedding + fixed sin-cos positions (:func:`encoder_position_embedding`),
+    random masking, a class token, transformer blocks and a final LayerNorm. Any input whose sides are
+    multiples of 16 fits.
 
     Args:
         embed_dim: token width (ViT-B: 768).
@@ -156,7 +205,7 @@ class MaskedEncoder(nn.Module):
             raise ValueError(msg)
         patches = self.patch_embed(images)
         grid = (patches.shape[-2], patches.shape[-1])
-        tokens = patches.flatten(2).transpose(1, 2) + sincos_position_embedding(self.embed_dim, grid).to(patches)
+        tokens = patches.flatten(2).transpose(1, 2) + encoder_position_embedding(self.embed_dim, grid).to(patches)
         ids_restore = None
         if mask_ratio > 0:
             tokens, ids_restore = random_masking(tokens, mask_ratio)
@@ -209,7 +258,7 @@ def upsampling_branch(embed_dim: int, factor: int, out_channels: int) -> nn.Sequ
 
 
 class PyramidDecoder(nn.Module):
-    """Mask tokens back in place, position embedding, token grid -> one map per teacher scale.
+    """Mask tokens back in place, sin-cos position embedding of the grid, token grid -> one map per teacher scale.
 
     Args:
         embed_dim: the encoder's token width.
@@ -275,6 +324,17 @@ def reconstruction_loss(students: Sequence[torch.Tensor], teachers: Sequence[tor
     return sum(cosine_distance(s, t).mean() for s, t in zip(students, teachers, strict=True))
 
 
+def distance_map(
+    students: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor], size: tuple[int, int] | torch.Size
+) -> torch.Tensor:
+    """Sum over the scales of ``1 - cos``, each upsampled bilinearly to ``size`` with
+    ``align_corners=True`` (the official ``cal_anomaly_map``, adding): ``(B, H, W)``."""
+    return sum(
+        F.interpolate(cosine_distance(s, t)[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
+        for s, t in zip(students, teachers, strict=True)
+    )
+
+
 class MmrModel(nn.Module):
     """MMR: frozen CNN teacher, masked ViT student with a feature-pyramid decoder.
 
@@ -288,6 +348,8 @@ class MmrModel(nn.Module):
         num_heads: the student's attention heads.
         mask_ratio: share of the patch tokens removed in training.
         sigma: Gaussian smoothing of the anomaly map, in pixels.
+
+    In training mode, :attr:`augment` crops and flips the training images as the official code.
     """
 
     def __init__(
@@ -307,7 +369,8 @@ class MmrModel(nn.Module):
         self.student = Student(self.teacher.out_dims, self.teacher.reductions, embed_dim, depth, num_heads, mask_ratio=mask_ratio)
         if pre_trained:
             load_timm_weights(self.student.encoder, encoder)
-        self.blur = GaussianBlur2d(sigma=sigma, channels=1)
+        self.augment = TrainingAugmentation()
+        self.blur = GaussianFilter(sigma)
 
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The frozen teacher's maps (the extractor runs in eval mode, without gradients)."""
@@ -316,12 +379,15 @@ class MmrModel(nn.Module):
     def anomaly_map(
         self, students: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor], size: tuple[int, int] | torch.Size
     ) -> torch.Tensor:
-        """Sum over the scales of ``1 - cos``, each upsampled bilinearly to ``size``, then smoothed: ``(B, H, W)``."""
-        distance = sum(
-            F.interpolate(cosine_distance(s, t)[:, None], size=size, mode="bilinear", align_corners=False)
-            for s, t in zip(students, teachers, strict=True)
-        )
-        return self.blur(distance).squeeze(1)
+        """:func:`distance_map` smoothed as the official code (scipy's Gaussian filter): ``(B, H, W)``."""
+        return self.blur(distance_map(students, teachers, size))
+
+    def training_loss(self, images: torch.Tensor) -> torch.Tensor:
+        """Reconstruction loss of a training batch: the images cropped and flipped at random, the
+        teacher run on them (each epoch crops differently, so its maps cannot be cached), the student
+        seeing them with ``mask_ratio`` of the tokens masked."""
+        images = self.augment(images)
+        return reconstruction_loss(self.student(images), self.extract(images))
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Image scores ``(B,)`` (the map's maximum) and anomaly maps ``(B, H, W)``; in eval mode

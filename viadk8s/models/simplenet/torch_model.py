@@ -16,14 +16,24 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - torch's convention
 from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
-from anomalib.models.components.filters import GaussianBlur2d
 from anomalib.models.image.glass.components import Aggregator, PatchMaker, Preprocessing, Projection
-from anomalib.models.image.glass.components.init_weight import init_weight
 from torch import nn
+
+from viadk8s.models.components.smoothing import GaussianFilter
+
+
+def init_weight(module: nn.Module) -> None:
+    """The official initialisation (``simplenet.py``'s ``init_weight``): Xavier-normal weights of
+    linear layers, their biases at PyTorch's default U(±1/√fan_in); BatchNorm is left at PyTorch's
+    default (weight 1, bias 0). GLASS's ``init_weight``, which anomalib's ``Projection`` applies,
+    zeroes the biases (and would draw BatchNorm weights from N(1, 0.02²)): this restores them."""
+    if isinstance(module, nn.Linear):
+        module.reset_parameters()
+        nn.init.xavier_normal_(module.weight)
 
 
 class Discriminator(nn.Module):
-    """Linear → BatchNorm → LeakyReLU(0.2) → Linear without bias, Xavier-initialised.
+    """Linear → BatchNorm → LeakyReLU(0.2) → Linear without bias, initialised as the official code.
 
     Unlike GLASS's discriminator it ends without a sigmoid: SimpleNet's hinge loss wants raw scores.
     """
@@ -76,8 +86,9 @@ class SimplenetModel(nn.Module):
         self.preprocessing = Preprocessing(list(self.feature_extractor.out_dims), embed_dim, patchsize=patch_size)
         self.aggregator = Aggregator(target_dim=embed_dim, num_features=len(self.layers))
         self.adaptor = Projection(embed_dim, embed_dim, n_layers=1)
+        self.adaptor.apply(init_weight)  # the official bias, not GLASS's zeros
         self.discriminator = Discriminator(embed_dim, discriminator_hidden)
-        self.blur = GaussianBlur2d(sigma=blur_sigma)
+        self.blur = GaussianFilter(sigma=blur_sigma)
 
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The frozen backbone's maps of ``self.layers`` (eval mode, no gradient): what a cache may keep."""
@@ -122,7 +133,7 @@ class SimplenetModel(nn.Module):
         """Image scores ``(B,)`` (the highest patch score) and anomaly maps ``(B, H, W)`` at input size.
 
         A patch's score is the negated discriminator output; the map is upsampled bilinearly and
-        smoothed with a Gaussian.
+        smoothed with a Gaussian (scipy's, as the official code).
         """
         features, grid = self.embed(self.extract(images))
         patch_scores = -self.discriminator(self.adaptor(features)).reshape(len(images), 1, *grid)
