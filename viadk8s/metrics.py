@@ -23,6 +23,10 @@ import torch
 from viadk8s.errors import Viadk8sError
 
 PG_PB_RATE = 0.02  # the paper's PG2 / PB2
+#: The name of a batch attribute a model may set beside ``anomaly_map``: a second ``(B, H, W)`` map
+#: that gives pixel AUROC alone (AUPRO and F1Max stay on ``anomaly_map``), for a model whose official
+#: evaluation scores pixel AUROC on another map (MSFlow's addition map).
+PIXEL_AUROC_MAP = "pixel_auroc_map"
 TOLERANCE = 1e-6  # reported vs recomputed: float32 scores, float64 arithmetic, different algorithms
 IMAGE_METRICS = ("image_AUROC", "image_F1Max", "image_PG2", "image_PB2")
 
@@ -101,12 +105,15 @@ def aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> fl
     return float(metric.compute())
 
 
-def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
-    """Pixel AUROC, AUPRO and F1Max of whole anomaly maps ``(N, H, W)`` against binary masks."""
-    if maps.shape != masks.shape:
-        raise ValueError(f"anomaly maps {tuple(maps.shape)} and masks {tuple(masks.shape)} differ in shape")
+def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor, auroc_maps: torch.Tensor | None = None) -> dict[str, float]:
+    """Pixel AUROC, AUPRO and F1Max of whole anomaly maps ``(N, H, W)`` against binary masks;
+    ``auroc_maps``, where a model gives them (:data:`PIXEL_AUROC_MAP`), replace ``maps`` for AUROC."""
+    auroc_maps = maps if auroc_maps is None else auroc_maps
+    for name, found in (("anomaly maps", maps), ("pixel-AUROC maps", auroc_maps)):
+        if found.shape != masks.shape:
+            raise ValueError(f"{name} {tuple(found.shape)} and masks {tuple(masks.shape)} differ in shape")
     masks = masks.bool()
-    return {"pixel_AUROC": auroc(maps, masks), "pixel_AUPRO": aupro(maps, masks), "pixel_F1Max": f1_max(maps, masks)}
+    return {"pixel_AUROC": auroc(auroc_maps, masks), "pixel_AUPRO": aupro(maps, masks), "pixel_F1Max": f1_max(maps, masks)}
 
 
 def recompute_image_metrics(scores: pd.DataFrame) -> dict[str, float]:

@@ -62,13 +62,26 @@ class ExactMetric(AnomalibMetric, _Exact):  # type: ignore[misc]
     """A :mod:`viadk8s.metrics` function as an anomalib metric (fields picked from the batch)."""
 
 
+class PixelAurocMetric(ExactMetric):
+    """Pixel AUROC on the map the test scores it on: the model's pixel-AUROC map where its batches
+    carry one (:data:`viadk8s.metrics.PIXEL_AUROC_MAP`), else the anomaly map."""
+
+    def update(self, batch: Any, *args: Any, **kwargs: Any) -> None:
+        auroc_map = getattr(batch, metrics.PIXEL_AUROC_MAP, None)
+        if auroc_map is None:
+            super().update(batch, *args, **kwargs)
+        else:
+            _Exact.update(self, auroc_map, batch.gt_mask)
+
+
 def _validation_metric(name: str) -> AnomalibMetric:
     """The metric early stopping monitors, on raw scores of the whole validation set."""
     level, kind = name.split("_", 1)
     fields = ["pred_score", "gt_label"] if level == "image" else ["anomaly_map", "gt_mask"]
     if kind == "AUPRO":  # anomalib's AUPRO is exact already (one sort, no sigmoid)
         return AUPRO(fields=fields, prefix=f"{level}_")
-    metric = ExactMetric(compute={"AUROC": metrics.auroc, "F1Max": metrics.f1_max}[kind], fields=fields)
+    cls = PixelAurocMetric if name == "pixel_AUROC" else ExactMetric
+    metric = cls(compute={"AUROC": metrics.auroc, "F1Max": metrics.f1_max}[kind], fields=fields)
     metric.name = name
     return metric
 

@@ -52,12 +52,15 @@ class Mistake:
 
 class PredictionCollector(Callback):
     """Keeps a copy of every test image's raw score and label, and, for pixel metrics, its anomaly
-    map and mask: the test metrics are computed from exactly these (and the scores go to scores.csv)."""
+    map and mask (and the model's pixel-AUROC map where its batches carry one,
+    :data:`viadk8s.metrics.PIXEL_AUROC_MAP`): the test metrics are computed from exactly these (and
+    the scores go to scores.csv)."""
 
     def __init__(self, pixel: bool, keep: int = 0) -> None:
         self.pixel, self.keep = pixel, keep
         self.rows: list[dict[str, Any]] = []
         self.maps: list[torch.Tensor] = []
+        self.auroc_maps: list[torch.Tensor] = []
         self.masks: list[torch.Tensor] = []
         self.mistakes: dict[int, list[Mistake]] = {0: [], 1: []}  # by label: the worst ``keep`` so far
 
@@ -72,6 +75,9 @@ class PredictionCollector(Callback):
         if self.pixel:
             size = outputs.gt_mask.shape[-2:]
             self.maps.append(outputs.anomaly_map.detach().float().reshape(-1, *size).to("cpu", copy=True))
+            auroc_map = getattr(outputs, metrics.PIXEL_AUROC_MAP, None)
+            if auroc_map is not None:
+                self.auroc_maps.append(auroc_map.detach().float().reshape(-1, *size).to("cpu", copy=True))
             self.masks.append(outputs.gt_mask.detach().reshape(-1, *size).to("cpu", torch.bool, copy=True))
         if self.keep:
             self._keep_mistakes(outputs.image_path, labels, scores, outputs.anomaly_map)
@@ -93,7 +99,8 @@ class PredictionCollector(Callback):
         frame = self.frame()
         found = metrics.image_metrics(torch.tensor(frame["score"].to_numpy()), torch.tensor(frame["label"].to_numpy()))
         if self.pixel:
-            found |= metrics.pixel_metrics(torch.cat(self.maps), torch.cat(self.masks))
+            auroc_maps = torch.cat(self.auroc_maps) if self.auroc_maps else None
+            found |= metrics.pixel_metrics(torch.cat(self.maps), torch.cat(self.masks), auroc_maps)
         return found
 
 

@@ -1,4 +1,4 @@
-"""MSFlow Lightning model: training by maximum likelihood, one anomaly map at test time.
+"""MSFlow Lightning model: training by maximum likelihood; at test time the official two maps.
 
 Paper:
     Title: MSFlow: Multi-Scale Flow-based Framework for Unsupervised Anomaly Detection
@@ -33,20 +33,31 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
+from viadk8s.metrics import PIXEL_AUROC_MAP
 from viadk8s.models.components import FeatureCache
 
-from .torch_model import MsflowModel, nll_loss
+from .torch_model import MsflowModel, ScoreMap, nll_loss
 
-WARMUP_FROM = 0.1  # the learning rate starts at 0.1x and rises linearly to 1x over the warm-up epochs
-DECAY_AT = (0.7, 0.9)  # shares of the training epochs after which the learning rate is multiplied by DECAY
+# The official schedule, in passes over the training set: 25 meta-epochs of 4 sub-epochs (100 passes), the
+# scheduler stepped after each pass; linear warm-up from 0.1x over 3 meta-epochs (12 passes), then x0.33
+# after pass 70 and pass 90. As shares of the passes it follows the trainer's epochs.
+WARMUP_FROM = 0.1
+WARMUP_SHARE = 12 / 100
+DECAY_AT = (70 / 100, 90 / 100)
 DECAY = 0.33
 GRADIENT_CLIP_NORM = 2.0
 
 
-def learning_rate_factor(epoch: int, max_epochs: int, warmup_epochs: int) -> float:
+def warmup_epochs(max_epochs: int) -> int:
+    """Epochs of linear warm-up: 12 of the protocol's 100, as the official 3 meta-epochs of 4 passes."""
+    return round(WARMUP_SHARE * max_epochs)
+
+
+def learning_rate_factor(epoch: int, max_epochs: int) -> float:
     """Multiplier of the base learning rate in ``epoch`` (0-based): linear warm-up, then step decay."""
-    warmup = WARMUP_FROM + (1 - WARMUP_FROM) * epoch / warmup_epochs if epoch < warmup_epochs else 1.0
-    return warmup * DECAY ** sum(epoch >= round(share * max_epochs) for share in DECAY_AT)
+    warmup = warmup_epochs(max_epochs)
+    rise = WARMUP_FROM + (1 - WARMUP_FROM) * epoch / warmup if epoch < warmup else 1.0
+    return rise * DECAY ** sum(epoch >= round(share * max_epochs) for share in DECAY_AT)
 
 
 class Msflow(AnomalibModule):
@@ -62,8 +73,10 @@ class Msflow(AnomalibModule):
         condition_channels: channels of the positional encoding. Defaults to ``64``.
         top_k: share of the anomaly map's highest pixels averaged into the image score.
             Defaults to ``0.03``.
+        score_map: the map giving the image score, AUPRO and F1Max: ``"multiplication"`` (the official
+            code; pixel AUROC from the addition map) or ``"addition"`` (the benchmark paper's one map for
+            every metric). Defaults to ``"multiplication"``.
         learning_rate: Adam's base learning rate. Defaults to ``1e-4``.
-        warmup_epochs: epochs of linear warm-up from 0.1x. Defaults to ``3``.
         cache_features: compute the frozen backbone's features of each training image once per run
             (training images are not augmented, so every epoch would recompute the same numbers).
             Defaults to ``True``.
@@ -82,8 +95,8 @@ class Msflow(AnomalibModule):
         clamp: float = 1.9,
         condition_channels: int = 64,
         top_k: float = 0.03,
+        score_map: ScoreMap = "multiplication",
         learning_rate: float = 1e-4,
-        warmup_epochs: int = 3,
         cache_features: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -104,9 +117,9 @@ class Msflow(AnomalibModule):
             clamp=clamp,
             condition_channels=condition_channels,
             top_k=top_k,
+            score_map=score_map,
         )
         self.learning_rate = learning_rate
-        self.warmup_epochs = warmup_epochs
         self.feature_cache = FeatureCache(self.model.extract) if cache_features else None
 
     def training_features(self, batch: Batch) -> list[torch.Tensor]:
@@ -116,7 +129,7 @@ class Msflow(AnomalibModule):
         return self.feature_cache(batch.image, batch.image_path)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Negative log-likelihood of the batch's features (per feature dimension)."""
+        """Negative log-likelihood of the batch's features (summed over each image's dimensions)."""
         del args, kwargs  # These variables are not used.
         latents, log_det = self.model.flows(self.training_features(batch))
         loss = nll_loss(latents, log_det)
@@ -129,21 +142,30 @@ class Msflow(AnomalibModule):
             self.feature_cache.clear()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Image scores and anomaly maps of a validation batch."""
+        """Image scores and anomaly maps of a batch; beside them, as ``PIXEL_AUROC_MAP``, the addition
+        map where pixel AUROC is not scored on the anomaly map."""
         del args, kwargs  # These variables are not used.
-        predictions = self.model(batch.image)
-        return batch.update(**predictions._asdict())
+        predictions, auroc_map = self.model.evaluate(batch.image)
+        batch.update(**predictions._asdict())
+        if auroc_map is not None:
+            setattr(batch, PIXEL_AUROC_MAP, auroc_map)
+        return batch
+
+    def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """As :meth:`validation_step` (anomalib's own test step would drop the pixel-AUROC map)."""
+        return self.validation_step(batch, *args, **kwargs)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """Adam on the flows; warm-up, then x0.33 at 70 % and 90 % of the trainer's epochs."""
+        """Adam on the flows; warm-up over 12 % of the trainer's epochs, then x0.33 at 70 % and 90 %."""
         optimizer = optim.Adam((p for p in self.model.flows.parameters() if p.requires_grad), lr=self.learning_rate)
-        factor = functools.partial(learning_rate_factor, max_epochs=self.trainer.max_epochs, warmup_epochs=self.warmup_epochs)
+        factor = functools.partial(learning_rate_factor, max_epochs=self.trainer.max_epochs)
         scheduler = optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """Gradient-norm clipping at 2, as in the paper's training; no sanity validation."""
+        """Gradient-norm clipping at 2 (of all flow parameters together), as the official training; no
+        sanity validation."""
         return {"gradient_clip_val": GRADIENT_CLIP_NORM, "gradient_clip_algorithm": "norm", "num_sanity_val_steps": 0}
 
     @property

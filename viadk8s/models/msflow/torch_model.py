@@ -10,15 +10,18 @@ A frozen CNN gives feature maps at several scales (average-pooled 3x3, stride 2)
 own *parallel* flow (all-in-one coupling blocks conditioned on a 2-D positional encoding); a *fusion*
 flow then couples the scales with one another (each scale's half channels, pooled to the smallest
 scale, condition every scale's other half). Training maximises the likelihood of normal features
-under a standard normal; at test time the per-scale log-likelihood maps are added into one anomaly map.
+under a standard normal; at test time the per-scale log-likelihood maps are combined, per image, into
+the official post-processing's two maps: the multiplication map (image score, AUPRO) and the addition
+map (pixel AUROC).
 
-Written from the paper's description (the official code's licence forbids derivatives); FrEIA's
-``AllInOneBlock`` and CFlow's ``positional_encoding_2d`` come from anomalib.
+Written from the paper and a reading of the official code (its licence forbids derivatives, so
+nothing is copied); FrEIA's ``AllInOneBlock`` and CFlow's ``positional_encoding_2d`` come from anomalib.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from anomalib.data import InferenceBatch
@@ -30,6 +33,9 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 ATAN_SCALE = 0.636  # ~2/pi: the soft clamp s -> clamp * 0.636 * atan(s / clamp) stays within (-clamp, clamp)
+LATENT_LIMIT = 1e6  # the fusion flow's outputs are clamped to +-1e6, as in the official code (an overflow guard)
+FUSION_WIDTH_DIVISOR = 4  # the fusion net's hidden width is a quarter of its input width, as in the official code
+ScoreMap = Literal["multiplication", "addition"]
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -98,9 +104,10 @@ class FusionCoupling(nn.Module):
     """Half of the fusion flow: every scale's ``active`` part is scaled and shifted by coefficients
     computed from the ``passive`` parts of ALL scales, which is how the scales exchange information.
 
-    The passive parts are pooled to the smallest map, concatenated and fused (conv3x3 -> LayerNorm ->
-    ReLU -> conv3x3 -> ReLU), split back per scale, upsampled to their own map with a residual, and a
-    per-scale conv3x3 gives the log-scale ``s`` and shift ``t``; scale = exp(soft_clamp(s)).
+    The passive parts are pooled to the smallest map, concatenated and fused (conv3x3 to a quarter of
+    the width -> LayerNorm -> ReLU -> conv3x3 back to the full width -> ReLU), split back per scale,
+    upsampled to their own map (bilinear, corners aligned) with a residual, and a per-scale conv3x3
+    gives the log-scale ``s`` and shift ``t``; scale = exp(soft_clamp(s)).
     """
 
     def __init__(self, passive_channels: Sequence[int], active_channels: Sequence[int], clamp: float) -> None:
@@ -108,11 +115,12 @@ class FusionCoupling(nn.Module):
         self.passive_channels = list(passive_channels)
         self.clamp = clamp
         total = sum(self.passive_channels)
+        hidden = total // FUSION_WIDTH_DIVISOR
         self.fuse = nn.Sequential(
-            nn.Conv2d(total, total, 3, padding=1),
-            ChannelLayerNorm(total),
+            nn.Conv2d(total, hidden, 3, padding=1),
+            ChannelLayerNorm(hidden),
             nn.ReLU(),
-            nn.Conv2d(total, total, 3, padding=1),
+            nn.Conv2d(hidden, total, 3, padding=1),
             nn.ReLU(),
         )
         self.heads = nn.ModuleList(
@@ -126,7 +134,7 @@ class FusionCoupling(nn.Module):
         fused = self.fuse(torch.cat([F.adaptive_avg_pool2d(p, smallest) for p in passive], dim=1))
         coefficients = []
         for part, p, head in zip(fused.split(self.passive_channels, dim=1), passive, self.heads, strict=True):
-            part = F.interpolate(part, size=p.shape[-2:], mode="bilinear", align_corners=False) + p
+            part = F.interpolate(part, size=p.shape[-2:], mode="bilinear", align_corners=True) + p
             log_scale, shift = head(part).chunk(2, dim=1)
             coefficients.append((soft_clamp(log_scale, self.clamp), shift))
         return coefficients
@@ -147,16 +155,18 @@ class FusionCoupling(nn.Module):
 
 
 class FusionFlow(nn.Module):
-    """Per-scale channel permutation, then one multi-scale coupling in two half steps: the first
-    halves of all scales transform the second halves, then the new second halves transform the first."""
+    """Per-scale channel permutation, then one multi-scale coupling in two half steps, ordered as the
+    official coupling: the second halves (``C - C//2`` channels) of all scales transform the first
+    halves (``C//2``), then the new first halves transform the second. The outputs are clamped to
+    +-``LATENT_LIMIT``, which only a diverged flow reaches."""
 
     def __init__(self, channels: Sequence[int], clamp: float) -> None:
         super().__init__()
         self.permutations = nn.ModuleList(ChannelPermutation(c) for c in channels)
-        self.splits = [(c - c // 2, c // 2) for c in channels]
+        self.splits = [(c // 2, c - c // 2) for c in channels]
         first, second = zip(*self.splits, strict=True)
-        self.second_from_first = FusionCoupling(first, second, clamp)
         self.first_from_second = FusionCoupling(second, first, clamp)
+        self.second_from_first = FusionCoupling(first, second, clamp)
 
     def forward(self, xs: Sequence[torch.Tensor], rev: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``(outputs per scale, log|det J| per image)``; ``rev=True`` inverts."""
@@ -165,12 +175,12 @@ class FusionFlow(nn.Module):
         halves = [x.split(split, dim=1) for x, split in zip(xs, self.splits, strict=True)]
         first, second = [h[0] for h in halves], [h[1] for h in halves]
         if rev:
-            first, log_det_b = self.first_from_second(first, second, rev=True)
-            second, log_det_a = self.second_from_first(second, first, rev=True)
+            second, log_det_b = self.second_from_first(second, first, rev=True)
+            first, log_det_a = self.first_from_second(first, second, rev=True)
         else:
-            second, log_det_a = self.second_from_first(second, first)
-            first, log_det_b = self.first_from_second(first, second)
-        outputs = [torch.cat(pair, dim=1) for pair in zip(first, second, strict=True)]
+            first, log_det_a = self.first_from_second(first, second)
+            second, log_det_b = self.second_from_first(second, first)
+        outputs = [torch.cat(pair, dim=1).clamp(-LATENT_LIMIT, LATENT_LIMIT) for pair in zip(first, second, strict=True)]
         if rev:
             outputs = [permutation(x, rev=True) for permutation, x in zip(self.permutations, outputs, strict=True)]
         return outputs, log_det_a + log_det_b
@@ -205,28 +215,48 @@ class MultiScaleFlow(nn.Module):
 
 
 def nll_loss(latents: Sequence[torch.Tensor], log_det: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood under N(0, I), ``sum 0.5 |z|^2 - log|det J|``, per feature dimension.
+    """Negative log-likelihood under N(0, I), ``sum 0.5 |z|^2 - log|det J|`` summed over every feature
+    dimension of an image (without the constant 0.5 log 2 pi of each), then the batch mean.
 
-    The paper sums over all dimensions (millions at 256 px); dividing by their number only rescales
-    the loss (and the gradients, which Adam normalises away) and keeps it readable.
+    Summed, not averaged over the dimensions, as the official training has it: its gradients are
+    large, so the gradient-norm clip at 2 acts on every step, which is part of how the model trains.
     """
     energy = sum(0.5 * z.pow(2).flatten(1).sum(dim=1) for z in latents)
-    dims = sum(z[0].numel() for z in latents)
-    return ((energy - log_det) / dims).mean()
+    return (energy - log_det).mean()
 
 
-def anomaly_map(latents: Sequence[torch.Tensor], image_size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """One ``(B, H, W)`` map at input size: minus the sum of the per-scale log-likelihood maps.
+def log_likelihoods(latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per scale, the ``(B, h, w)`` map log p = -0.5 * mean over channels of z^2 (the log-determinant
+    has no per-cell value)."""
+    return [-0.5 * z.pow(2).mean(dim=1) for z in latents]
 
-    Per scale, log p = -0.5 * mean over channels of z^2 (the log-determinant has no per-cell value);
-    each map is upsampled bilinearly and the maps are added (the paper's addition). Negating the sum
-    makes higher mean more anomalous without the paper's per-image exp-normalisation.
-    """
-    log_likelihood = sum(
-        F.interpolate(-0.5 * z.pow(2).mean(dim=1, keepdim=True), size=image_size, mode="bilinear", align_corners=False)
-        for z in latents
-    )
-    return -log_likelihood.squeeze(1)
+
+def _upsample(maps: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """``(B, h, w)`` -> ``(B, H, W)``, bilinear with corners aligned, as the official post-processing."""
+    return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=True).squeeze(1)
+
+
+def _image_max(maps: torch.Tensor) -> torch.Tensor:
+    """Each image's maximum, ``(B, 1, 1)``: the official normalisations are per image."""
+    return maps.amax(dim=(-2, -1), keepdim=True)
+
+
+def multiplication_map(log_p: Sequence[torch.Tensor], size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """The official multiplication map ``(B, H, W)``, higher = more anomalous: the per-scale
+    log-likelihoods upsampled and added (the likelihoods multiplied), ``S``; the likelihood relative to
+    the image's most likely pixel, ``p = exp(S - max S)``; the score ``max p - p`` (= 1 - p). In float32
+    every pixel whose S is more than ~17 below the image's maximum scores exactly 1.0, as officially."""
+    total = sum(_upsample(scale, size) for scale in log_p)
+    likelihood = torch.exp(total - _image_max(total))
+    return _image_max(likelihood) - likelihood
+
+
+def addition_map(log_p: Sequence[torch.Tensor], size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """The official addition map ``(B, H, W)``, higher = more anomalous: per scale, the likelihood
+    relative to the image's most likely cell, ``exp(log p - max log p)``, upsampled; these added, ``A``;
+    the score ``max A - A``."""
+    total = sum(_upsample(torch.exp(scale - _image_max(scale)), size) for scale in log_p)
+    return _image_max(total) - total
 
 
 def top_k_score(maps: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -237,7 +267,7 @@ def top_k_score(maps: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 class MsflowModel(nn.Module):
-    """MSFlow: frozen backbone, pooled multi-scale features, parallel + fusion flows, one anomaly map.
+    """MSFlow: frozen backbone, pooled multi-scale features, parallel + fusion flows, two anomaly maps.
 
     Args:
         backbone: timm name of the frozen CNN.
@@ -247,6 +277,9 @@ class MsflowModel(nn.Module):
         clamp: affine clamping of every coupling.
         condition_channels: channels of the 2-D positional encoding (a multiple of 4).
         top_k: share of the map's pixels averaged into the image score.
+        score_map: the map that gives the image score, AUPRO and F1Max: ``"multiplication"`` (the
+            official code, pixel AUROC then comes from the addition map) or ``"addition"`` (the
+            benchmark paper's single map, used for every metric).
     """
 
     def __init__(
@@ -258,21 +291,36 @@ class MsflowModel(nn.Module):
         clamp: float = 1.9,
         condition_channels: int = 64,
         top_k: float = 0.03,
+        score_map: ScoreMap = "multiplication",
     ) -> None:
         super().__init__()
+        if score_map not in ("multiplication", "addition"):
+            msg = f"score_map must be 'multiplication' or 'addition', got {score_map!r}"
+            raise ValueError(msg)
         self.feature_extractor = TimmFeatureExtractor(backbone, layers=layers, pre_trained=pre_trained).eval()
         self.flows = MultiScaleFlow(self.feature_extractor.out_dims, flow_blocks, clamp, condition_channels)
         self.top_k = top_k
+        self.score_map = score_map
 
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Frozen backbone features (the extractor runs in eval mode, without gradients), each
         average-pooled 3x3 with stride 2 to widen the receptive field."""
         return [F.avg_pool2d(f, 3, stride=2, padding=1) for f in self.feature_extractor(images).values()]
 
+    def evaluate(self, images: torch.Tensor) -> tuple[InferenceBatch, torch.Tensor | None]:
+        """Image scores with ``score_map`` as the anomaly map, and beside them the addition map, which
+        gives pixel AUROC, where it is not the anomaly map already (else ``None``)."""
+        size = images.shape[-2:]
+        log_p = log_likelihoods(self.flows(self.extract(images))[0])
+        addition = addition_map(log_p, size)
+        if self.score_map == "addition":
+            return InferenceBatch(pred_score=top_k_score(addition, self.top_k), anomaly_map=addition), None
+        multiplication = multiplication_map(log_p, size)
+        return InferenceBatch(pred_score=top_k_score(multiplication, self.top_k), anomaly_map=multiplication), addition
+
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor] | InferenceBatch:
-        """Training: ``(latents, log|det J|)``; evaluation: image scores and ``(B, H, W)`` anomaly maps."""
-        latents, log_det = self.flows(self.extract(images))
+        """Training: ``(latents, log|det J|)``; evaluation: image scores and ``(B, H, W)`` anomaly maps
+        (:meth:`evaluate` gives the pixel-AUROC map too)."""
         if self.training:
-            return latents, log_det
-        maps = anomaly_map(latents, images.shape[-2:])
-        return InferenceBatch(pred_score=top_k_score(maps, self.top_k), anomaly_map=maps)
+            return self.flows(self.extract(images))
+        return self.evaluate(images)[0]
