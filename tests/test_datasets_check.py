@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from viadk8s import catalog
 from viadk8s.catalog import SyntheticOptions
-from viadk8s.data.check import check_dataset
+from viadk8s.data.check import check_category, check_dataset
+from viadk8s.data.layout import scan_category
 from viadk8s.data.synthetic import ensure_category
 
 OPTIONS = SyntheticOptions(categories=["tiles", "fabric"], n_train=4, n_test_good=3, n_test_bad=3, size=64)
@@ -80,3 +82,58 @@ def test_cli_check_and_upload_refuse_a_broken_dataset(cli, tmp_path: Path) -> No
     (line,) = upload.stderr.strip().splitlines()
     assert "has errors; first: error:" in line and "+2 more" in line
     assert not (tmp_path / "store" / "datasets").exists()  # nothing uploaded
+
+
+def _flat(path: Path, value: int, size: int = 16) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), (value, value, value)).save(path)
+    return path
+
+
+def _square(path: Path) -> Path:
+    pixels = np.zeros((16, 16), np.uint8)
+    pixels[2:6, 2:6] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_loader_and_check_pair_masks_by_one_rule_in_every_format(tmp_path: Path) -> None:
+    """``<stem>_mask.<ext>`` or ``<stem>.<ext>`` for every format the loader reads, any letter case;
+    where one image has two masks the first wins, and check names the other as unused."""
+    root = tmp_path / "03"
+    for i in range(3):
+        _flat(root / "train" / "good" / f"{i:03d}.bmp", 10 + i)
+        _flat(root / "test" / "good" / f"{i:03d}.bmp", 20 + i)
+    masks = {"000": "000.bmp", "001": "001_mask.png", "002": "002.tif", "003": "003_mask.BMP", "004": "004_mask.png"}
+    for i, stem in enumerate([*masks, "005"]):
+        _flat(root / "test" / "ko" / f"{stem}.bmp", 100 + i)
+    for name in (*masks.values(), "004.bmp"):
+        _square(root / "ground_truth" / "ko" / name)
+    loaded = {Path(s.image_path).stem: s.mask_path for s in scan_category(root) if s.label == 1}
+    assert loaded == {**{stem: str(root / "ground_truth" / "ko" / name) for stem, name in masks.items()}, "005": None}
+    lines = [f.line() for f in check_category(root).findings]
+    truth = root / "ground_truth" / "ko"
+    assert lines == [
+        f"warning: {truth / '004.bmp'}: not used: 004.bmp's mask is {truth / '004_mask.png'}",
+        f"warning: {root / 'test' / 'ko' / '005.bmp'}: 1 bad images have no mask: pixel metrics off",
+    ]
+
+
+def test_check_of_a_catalog_dataset_compares_the_publishers_counts(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    """``datasets check visa`` applies VisA's published counts even without a convert.json."""
+    for n, category in enumerate(catalog.datasets()["visa"].categories):
+        for i, folder in enumerate(["train/good"] * 3 + ["test/good"] * 2 + ["test/bad"]):
+            _flat(tmp_path / "data" / category / folder / f"{i:03d}.png", 20 * n + i)
+        _square(tmp_path / "data" / category / "ground_truth" / "bad" / "005_mask.png")
+    candle = tmp_path / "data" / "candle"
+    assert check_category(candle).published is None  # a folder alone names no dataset
+    assert check_category(candle, "visa").published is False
+    config = tmp_path / "viadk8s.yaml"
+    config.write_text(f"store: {tmp_path / 'store'}\ndatasets: {{visa: {{path: {tmp_path / 'data'}}}}}\n")
+    done = cli("datasets", "check", "visa", "--config", str(config))
+    printed = " ".join(done.stdout.split())  # rich wraps long lines
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"warning: {candle}: counts differ from VisA's published ones" in printed
+    assert "train good 3 (published: 900), test good 2 (published: 100), test bad 1 (published: 100)" in printed
+    assert printed.count("│ differ │") == 12

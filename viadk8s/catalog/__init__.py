@@ -10,7 +10,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from viadk8s.errors import one_of
 
@@ -57,6 +57,17 @@ class SyntheticOptions(BaseModel):
 BitDepth = Literal[8, 10, 12, 14, 16]
 
 
+COUNTED = ("train good", "test good", "test bad")
+
+
+class PublishedCounts(BaseModel):
+    """Per-category image counts a publisher states, as :data:`COUNTED`; ``datasets check`` compares."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: str  # where the numbers are published
+    categories: dict[str, tuple[int, int, int]]
+
+
 class DatasetEntry(_Entry):
     masks: Literal["pixel", "image"] = "pixel"
     bit_depth: BitDepth | None = None  # what a 16-bit container holds (12-bit cameras); None: detect
@@ -64,10 +75,19 @@ class DatasetEntry(_Entry):
     synthetic: SyntheticOptions | None = None
     path: str | None = None
     drift_categories: list[str] = []  # real-drift subsets, reported as "<key>+dr" apart from the rest
+    prepare: str = ""  # how the archive its publisher ships becomes the MVTec layout
+    counts: PublishedCounts | None = None
 
     @property
     def has_masks(self) -> bool:
         return self.masks == "pixel"
+
+    @model_validator(mode="after")
+    def _counted_categories_exist(self) -> DatasetEntry:
+        unknown = sorted(set(self.counts.categories) - set(self.categories)) if self.counts else []
+        if unknown:
+            raise ValueError(f"counts name categories {unknown} that are not among {self.categories}")
+        return self
 
 
 class Rule(BaseModel):

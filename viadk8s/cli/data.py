@@ -62,9 +62,11 @@ def datasets_check(
         report = check_dataset(Path(dataset))
     else:
         known = Datasets(load_config(config, store=store))
-        report = DatasetReport(dataset, [check_category(known.resolve(dataset, c)) for c in known.categories(dataset)])
+        categories = [check_category(known.resolve(dataset, c), dataset) for c in known.categories(dataset)]
+        report = DatasetReport(dataset, categories)
     table = Table(title=f"dataset {report.root}")
-    for column in ("category", "train", "test good", "test bad (by defect)", "masks", "formats", "sizes", "errors", "warnings"):
+    columns = ("category", "train", "test good", "test bad (by defect)", "masks", "formats", "sizes", "published counts")
+    for column in (*columns, "errors", "warnings"):
         table.add_column(column)
     for c in report.categories:
         bad = {k.removeprefix("test/"): n for k, n in c.counts.items() if k.startswith("test/") and k != "test/good"}
@@ -78,6 +80,7 @@ def datasets_check(
             str(c.masks),
             ", ".join(f"{k} ×{n}" for k, n in c.formats.most_common()),
             ", ".join(f"{k} ×{n}" for k, n in c.sizes.most_common(3)) + (" …" if len(c.sizes) > 3 else ""),
+            {None: "", True: "match", False: "differ"}[c.published],
             str(levels["error"]),
             str(levels["warning"]),
         )
@@ -100,7 +103,7 @@ def datasets_list(store: Store = None, config: ConfigPath = None) -> None:
     target = cfg.open_store()
     mirrored = {k.split("/")[1] for k in target.list("datasets/") if k.endswith("/manifest.json")}
     table = Table(title=f"datasets (store {target.uri})")
-    for column in ("key", "source", "categories", "mirrored", "size MB"):
+    for column in ("key", "source", "categories", "mirrored", "size MB", "prepare"):
         table.add_column(column)
     for key in sorted({*cfg.dataset_keys(), *mirrored}):
         manifest = read_manifest(target, key) if key in mirrored else None
@@ -112,7 +115,7 @@ def datasets_list(store: Store = None, config: ConfigPath = None) -> None:
         )
         count = len(manifest.categories) if manifest else len(entry.categories) if entry else 0
         size = f"{manifest.total_bytes / 2**20:.1f}" if manifest else ""
-        table.add_row(key, str(source), str(count), "yes" if manifest else "no", size)
+        table.add_row(key, str(source), str(count), "yes" if manifest else "no", size, entry.prepare if entry else "")
     console.print(table)
 
 
@@ -132,15 +135,39 @@ def datasets_verify(name: str, store: Store = None, config: ConfigPath = None) -
 @datasets_app.command("convert")
 @friendly
 def datasets_convert(
-    kind: Annotated[str, typer.Argument(help="realiad, sensum_sodf, viaduct, aebad or mvtec_loco")],
+    kind: Annotated[str, typer.Argument(help="btad, visa, realiad, sensum_sodf, aebad, viaduct or mvtec_loco")],
     source: Annotated[Path, typer.Argument(help="the dataset as its publisher ships it")],
     target: Annotated[Path, typer.Argument(help="where the MVTec-layout categories are written")],
+    split_csv: Annotated[
+        Path | None, typer.Option("--split-csv", help="visa: the publisher's split_csv/1cls.csv if not in SOURCE")
+    ] = None,
+    split_dir: Annotated[
+        Path | None, typer.Option("--split-dir", help="realiad: the folder of realiad_jsons_sv/<class>.json if not beside SOURCE")
+    ] = None,
+    rule_split: Annotated[
+        bool, typer.Option("--rule-split", help="realiad: viadk8s's own split where the publisher's file is absent")
+    ] = False,
 ) -> None:
-    """Convert a paper dataset to the MVTec layout, as protocol.md prescribes."""
-    from viadk8s.data.convert import convert
+    """Convert a paper dataset from its publisher's archive to the MVTec layout, with the publisher's split."""
+    from viadk8s.catalog import COUNTED
+    from viadk8s.data.convert import Options, convert
 
-    written = convert(kind, source, target)
-    console.print(f"{kind}: wrote {len(written)} categories to {target}: {', '.join(written)}", highlight=False)
+    for flag, value, applies in (
+        ("--split-csv", split_csv, "visa"),
+        ("--split-dir", split_dir, "realiad"),
+        ("--rule-split", rule_split, "realiad"),
+    ):
+        if value and kind != applies:
+            raise SpecError(f"{flag} applies to {applies} only, not to {kind!r}")
+    written = convert(kind, source, target, Options(split=split_csv or split_dir, rule_split=rule_split))
+    console.print(f"{kind}: wrote {len(written)} categories to {target}", highlight=False)
+    for name, category in written.items():
+        found = Counter(f"{i.split} {'good' if i.defect == 'good' else 'bad'}" for i in category.items)
+        counts = ", ".join(f"{what} {found[what]}" for what in COUNTED)
+        source_line = category.split["source"] + (
+            f" (sha256 {category.split['sha256'][:12]}…)" if "sha256" in category.split else ""
+        )
+        console.print(f"  {name}: {counts}; split: {source_line}", highlight=False, markup=False)
 
 
 @drift_app.command("preview")
