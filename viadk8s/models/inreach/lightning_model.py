@@ -25,7 +25,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
-from viadk8s.models.inreach.torch_model import InreachModel
+from viadk8s.models.inreach.torch_model import OFFICIAL_TAPS, Association, InreachModel
 
 
 class Inreach(MemoryBankMixin, AnomalibModule):
@@ -46,12 +46,14 @@ class Inreach(MemoryBankMixin, AnomalibModule):
     def __init__(
         self,
         backbone: str = "wide_resnet50_2.tv_in1k",
-        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+        taps: Sequence[str] = OFFICIAL_TAPS,
         pre_trained: bool = True,
         embedding_dim: int = 1024,
         num_seeds: int = 10,
+        association: Association = "official",
         min_channel_members: int = 3,
         max_channel_spread: float = 5.0,
+        spread_fallback: bool | None = None,
         position_channels: bool | None = None,
         position_weight: float = 5.0,
         alignment_threshold: float = 1000.0,
@@ -71,12 +73,14 @@ class Inreach(MemoryBankMixin, AnomalibModule):
         )
         self.model = InreachModel(
             backbone=backbone,
-            layers=layers,
+            taps=taps,
             pre_trained=pre_trained,
             embedding_dim=embedding_dim,
             num_seeds=num_seeds,
+            association=association,
             min_channel_members=min_channel_members,
             max_channel_spread=max_channel_spread,
+            spread_fallback=spread_fallback,
             position_channels=position_channels,
             position_weight=position_weight,
             alignment_threshold=alignment_threshold,
@@ -99,6 +103,12 @@ class Inreach(MemoryBankMixin, AnomalibModule):
     def fit(self) -> None:
         """Build the nominal bank from the collected features (once, at the end of the epoch)."""
         self.model.fit()
+
+    @property
+    def model_report(self) -> dict[str, Any]:
+        """What the fit found, for ``result.json``: the bank's share of the training patches,
+        whether the spread-rule fallback was used, the association and the position channels."""
+        return self.model.report
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Scores and maps of a validation batch."""

@@ -1,11 +1,11 @@
 """InReaCh: a bank of nominal patches found in unlabelled, possibly contaminated, training images.
 
 A patch that recurs across many training images is nominal; a defect is rare and unlike the rest.
-Seed images' patches are linked to every other training image's patches by mutual nearest
-neighbours (one link per patch, to its nearest seed); a seed patch and its links form an
-*inter-realization channel*. Channels with too few members are dropped, so are members too far
-from their channel's mean; every surviving patch enters the nominal bank. A test patch scores its
-squared distance to the nearest nominal patch.
+Seed images' patches are linked to other training images' patches by mutual nearest neighbours
+(one link per patch, to its nearest seed); the links of a seed patch form an *inter-realization
+channel*. Channels with too few members are dropped, so are members too far from their channel's
+mean; every surviving patch enters the nominal bank. A test patch scores its squared distance to
+the nearest nominal patch.
 
 Paper: `Inter-Realization Channels: Unsupervised Anomaly Detection Beyond One-Class Classification
 <https://openaccess.thecvf.com/content/ICCV2023/html/McIntosh_Inter-Realization_Channels_Unsupervised_Anomaly_Detection_Beyond_One-Class_Classification_ICCV_2023_paper.html>`_
@@ -16,20 +16,142 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
+import timm
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's convention
 from anomalib.data import InferenceBatch
-from anomalib.models.components import DynamicBufferMixin, TimmFeatureExtractor
-from anomalib.models.components.filters import GaussianBlur2d
-from anomalib.models.image.glass.components import Aggregator, Preprocessing
+from anomalib.models.components import DynamicBufferMixin
 from torch import nn
+
+from viadk8s.errors import SpecError
 
 logger = logging.getLogger(__name__)
 
 IMAGENET_STD = (0.229, 0.224, 0.225)  # the pre-processor's normalisation, undone for the alignment test
-REFERENCE_SIZE = 224  # the input size the official smoothing sigma was chosen for
+# the official code's feature taps: the output (final ReLU, torchvision's ``relu_2``) of these blocks
+OFFICIAL_TAPS = (
+    *(f"layer1.{b}" for b in range(3)),
+    *(f"layer2.{b}" for b in range(4)),
+    *(f"layer3.{b}" for b in range(1, 6)),
+    "layer4.0",
+)
+TAP = re.compile(r"layer([1-4])\.(\d+)")
+Association = Literal["official", "paper"]
+
+
+class BlockTaps(nn.Module):
+    """Outputs of chosen residual blocks (``"layer<stage>.<block>"``) of a frozen timm ResNet, in the
+    order asked; the network runs only up to the last tapped block."""
+
+    def __init__(self, backbone: str, taps: Sequence[str], pre_trained: bool) -> None:
+        super().__init__()
+        network = timm.create_model(backbone, pretrained=pre_trained)
+        self.taps: list[tuple[int, int]] = []
+        for name in taps:
+            match = TAP.fullmatch(name)
+            if match is None or int(match[2]) >= len(getattr(network, f"layer{match[1]}")):
+                msg = f"InReaCh taps are blocks 'layer<stage>.<block>' of {backbone}, got {name!r}"
+                raise ValueError(msg)
+            self.taps.append((int(match[1]), int(match[2])))
+        last_stage = max(stage for stage, _ in self.taps)
+        last_block = max(block for stage, block in self.taps if stage == last_stage)
+        stages = [getattr(network, f"layer{stage}") for stage in range(1, last_stage + 1)]
+        stages[-1] = stages[-1][: last_block + 1]
+        self.stem = nn.Sequential(network.conv1, network.bn1, network.act1, network.maxpool)
+        self.stages = nn.ModuleList(stages)
+        width = {info["module"]: info["num_chs"] for info in network.feature_info}
+        self.channels = [width[f"layer{stage}"] for stage, _ in self.taps]
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> BlockTaps:
+        """Always in evaluation mode: batch norm keeps its ImageNet statistics while Lightning 'trains'."""
+        del mode
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The tapped block outputs ``(B, C, h, w)``."""
+        wanted, found = set(self.taps), {}
+        x = self.stem(images)
+        for stage, blocks in enumerate(self.stages, start=1):
+            for index, block in enumerate(blocks):
+                x = block(x)
+                if (stage, index) in wanted:
+                    found[stage, index] = x
+        return [found[tap] for tap in self.taps]
+
+
+def adaptive_pool_matrix(length: int, size: int) -> torch.Tensor:
+    """``(size, length)``: the linear map of ``F.adaptive_avg_pool1d(x, size)`` on ``length`` values
+    (row ``i`` averages ``x[⌊i·length/size⌋ : ⌈(i+1)·length/size⌉]``)."""
+    rows = torch.arange(size)
+    start = rows * length // size
+    end = -(-(rows + 1) * length // size)
+    columns = torch.arange(length)
+    inside = (columns >= start[:, None]) & (columns < end[:, None])
+    return inside / (end - start)[:, None]
+
+
+class PatchDescriptors(nn.Module):
+    """The official patch descriptors of a list of tapped maps, ``(B, dim, h, w)`` on the first map's grid.
+
+    Each map's 3×3 neighbourhoods are unfolded (zero padding) and each position's channel × 3 × 3
+    values averaged to ``dim`` (adaptive pooling); every map is resized bilinearly to the first
+    grid, and the taps' vectors, concatenated, are averaged to ``dim`` again. The official code
+    resizes the unfolded maps first; the two poolings act on channels and resizing on positions,
+    all linearly, so they commute: here each tap is pooled, and its share of the final pooling
+    applied, at its own resolution before resizing. The same numbers, without 13 unfolded maps at
+    full resolution (18,432 channels each for ``layer4.0``).
+    """
+
+    def __init__(self, channels: Sequence[int], dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        final = adaptive_pool_matrix(len(channels) * dim, dim)
+        self.rows: list[tuple[int, int]] = []  # the final values each tap contributes to
+        for tap in range(len(channels)):
+            share = final[:, tap * dim : (tap + 1) * dim]
+            used = share.any(1).nonzero().squeeze(1)
+            first, last = int(used[0]), int(used[-1]) + 1
+            self.rows.append((first, last))
+            self.register_buffer(f"share{tap}", share[first:last].contiguous(), persistent=False)
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``maps``: ``(B, C_t, h_t, w_t)`` each, the first on the finest grid."""
+        grid = maps[0].shape[-2:]
+        descriptors = maps[0].new_zeros(len(maps[0]), self.dim, *grid)
+        for tap, feature_map in enumerate(maps):
+            height, width = feature_map.shape[-2:]
+            unfolded = F.unfold(feature_map, kernel_size=3, padding=1)  # (B, C·9, h·w), channel-major
+            pooled = F.adaptive_avg_pool2d(unfolded[:, None], (self.dim, height * width))[:, 0]  # per position
+            first, last = self.rows[tap]
+            share = (getattr(self, f"share{tap}") @ pooled).reshape(len(feature_map), last - first, height, width)
+            if (height, width) != grid:
+                share = F.interpolate(share, size=grid, mode="bilinear", align_corners=False)
+            descriptors[:, first:last] += share
+        return descriptors
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """``scipy.ndimage.gaussian_filter`` of each map ``(B, H, W)`` with its defaults, as the official
+    code smooths: a separable Gaussian of radius ``⌊truncate·σ + 0.5⌋``, borders extended by
+    half-sample reflection (scipy's ``reflect``: ``c b a | a b c``), repeated as often as needed."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma).square())
+    kernel = (kernel / kernel.sum()).to(maps.dtype).view(1, 1, -1)
+    for dim in (-2, -1):
+        length = maps.shape[dim]
+        index = torch.arange(-radius, length + radius, device=maps.device) % (2 * length)
+        index = torch.where(index < length, index, 2 * length - 1 - index)
+        padded = maps.index_select(dim, index).movedim(dim, -1)
+        smoothed = F.conv1d(padded.reshape(-1, 1, padded.shape[-1]), kernel)
+        maps = smoothed.reshape(*padded.shape[:-1], length).movedim(-1, dim)
+    return maps
 
 
 def _distance_blocks(x: torch.Tensor, y: torch.Tensor, max_elements: int) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -63,10 +185,11 @@ def nearest_neighbours(queries: torch.Tensor, keys: torch.Tensor, max_elements: 
     return best, index
 
 
-def mutual_nearest_neighbours(seed: torch.Tensor, other: torch.Tensor, max_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row ``q`` of ``other``: the row ``p`` of ``seed`` that is its mutual nearest neighbour
-    (``p``'s nearest in ``other`` is ``q`` and ``q``'s nearest in ``seed`` is ``p``), else -1; and their
-    distance (inf where none). The relation is a one-to-one matching."""
+def mutual_nearest_neighbours(
+    seed: torch.Tensor, other: torch.Tensor, max_elements: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each row ``q`` of ``other``: its nearest row ``p`` of ``seed``, their distance, and whether
+    the match is mutual (``p``'s nearest in ``other`` is ``q``). Mutual matches are one-to-one."""
     seed_best = seed.new_full((len(seed),), math.inf)
     seed_index = torch.zeros(len(seed), dtype=torch.long, device=seed.device)
     other_best = other.new_full((len(other),), math.inf)
@@ -77,34 +200,53 @@ def mutual_nearest_neighbours(seed: torch.Tensor, other: torch.Tensor, max_eleme
         found, where = block.min(0)
         _keep_nearer(other_best, other_index, col, found, where + row)
     mutual = seed_index[other_index] == torch.arange(len(other), device=other.device)
-    return torch.where(mutual, other_index, -1), torch.where(mutual, other_best, math.inf)
+    return other_index, other_best, mutual
 
 
-def associate(features: Sequence[torch.Tensor], seeds: torch.Tensor, max_elements: int, device: torch.device) -> torch.Tensor:
-    """Channel membership ``(K, N, P)``: entry ``[k, j, p]`` is the patch of image ``j`` in the channel
-    of seed ``k``'s patch ``p``, or -1.
+def associate(
+    features: Sequence[torch.Tensor],
+    seeds: torch.Tensor,
+    max_elements: int,
+    device: torch.device,
+    association: Association = "official",
+) -> torch.Tensor:
+    """Channel membership ``(K, N, P)``: entry ``[k, j, p]`` is the patch of image ``j`` in channel
+    ``(k, p)`` of seed ``k``, or -1. A seed's own patch ``p`` heads channel ``(k, p)``.
 
-    Every image is matched to every seed image but itself by mutual nearest neighbours; a patch
-    linked to several seeds keeps the nearest (the first seed on a tie). A seed's own patch heads
-    its channel (``[k, seeds[k], p] = p``). ``features`` are ``N`` tensors ``(P, D)``, on any device;
-    one image at a time moves to ``device``.
+    ``"official"`` (the official ``InReaCh.py``, which the paper's numbers come from): seed ``k``
+    is matched only with the images after it (those that are not seeds, and the seeds after ``k``:
+    the official seeds are the first images); a patch takes the seed whose patch is nearest to it
+    and is dropped if that match is not mutual; a patch ``q`` of image ``j`` matched mutually with
+    seed patch ``p`` puts image ``j``'s patch at position ``p`` into channel ``(k, q)``.
+    ``"paper"`` (the paper's text): every image is matched with every seed but itself; a patch takes
+    the nearest seed among those it is a mutual nearest neighbour of; ``q`` joins channel ``(k, p)``.
+    The two agree where matches keep their position (``p = q``). Ties go to the first seed.
+    ``features`` are ``N`` tensors ``(P, D)`` on any device; one image at a time moves to ``device``.
     """
+    official = association == "official"
+    seed_list = seeds.tolist()
+    rank = {image: k for k, image in enumerate(seed_list)}  # the official order: seeds first
     count, patches = len(features), len(features[0])
-    seed_features = [features[s].to(device) for s in seeds.tolist()]
-    partner = torch.full((len(seeds), count, patches), -1, dtype=torch.long, device=device)
-    distance = torch.full((len(seeds), count, patches), math.inf, device=device)
+    seed_features = [features[s].to(device) for s in seed_list]
+    partner = torch.full((len(seed_list), count, patches), -1, dtype=torch.long, device=device)
+    distance = torch.full((len(seed_list), count, patches), math.inf, device=device)
     for image, patch_features in enumerate(features):
         patch_features = patch_features.to(device)
-        for k, seed in enumerate(seeds.tolist()):
-            if seed != image:
-                partner[k, image], distance[k, image] = mutual_nearest_neighbours(seed_features[k], patch_features, max_elements)
-    nearest, best_seed = distance.min(0)
-    image_index, patch_index = nearest.isfinite().nonzero(as_tuple=True)
-    seed_index = best_seed[image_index, patch_index]
+        for k, seed in enumerate(seed_list):
+            if rank.get(image, len(seed_list)) > k if official else image != seed:
+                nearest, found, mutual = mutual_nearest_neighbours(seed_features[k], patch_features, max_elements)
+                partner[k, image] = torch.where(mutual, nearest, -1)
+                distance[k, image] = found if official else torch.where(mutual, found, math.inf)
+    best_seed = distance.argmin(0, keepdim=True)  # (1, N, P): the first on a tie
+    chosen = partner.gather(0, best_seed)[0]  # -1: not mutual with its best seed, or never matched
+    image_index, patch_index = (chosen >= 0).nonzero(as_tuple=True)
+    seed_index, partner_index = best_seed[0, image_index, patch_index], chosen[image_index, patch_index]
     members = torch.full_like(partner, -1)
-    # a matching per (seed, image): no two patches of an image claim the same seed patch
-    members[seed_index, image_index, partner[seed_index, image_index, patch_index]] = patch_index
-    members[torch.arange(len(seeds), device=device), seeds.to(device)] = torch.arange(patches, device=device)
+    if official:
+        members[seed_index, image_index, patch_index] = partner_index
+    else:  # one-to-one per (seed, image): no two patches of an image claim one seed patch
+        members[seed_index, image_index, partner_index] = patch_index
+    members[torch.arange(len(seed_list), device=device), seeds.to(device)] = torch.arange(patches, device=device)
     return members
 
 
@@ -141,21 +283,26 @@ def filter_channels(features: Sequence[torch.Tensor], members: torch.Tensor, min
 
 
 class InreachModel(DynamicBufferMixin, nn.Module):
-    """InReaCh's network: frozen backbone, PatchCore-style patch features and the nominal bank.
+    """InReaCh's network: frozen backbone, the official patch descriptors and the nominal bank.
 
     Args:
-        backbone: timm backbone name.
-        layers: backbone layers; the first sets the patch grid.
+        backbone: timm ResNet name.
+        taps: blocks whose outputs make the patch descriptors; the first sets the patch grid.
         pre_trained: load the backbone's ImageNet weights (False: a random, still frozen, backbone).
-        embedding_dim: patch feature size, per layer and after aggregating the layers.
+        embedding_dim: patch descriptor size, per tap and after combining the taps.
         num_seeds: seed images (the official association depth).
+        association: ``"official"`` (the official code's channels, the paper's numbers) or ``"paper"``
+            (the paper's text); see :func:`associate`.
         min_channel_members: a channel needs more members than this, before and after its spread rule.
         max_channel_spread: members this many spreads (std of distances to the mean) away leave.
+        spread_fallback: when the spread rule leaves no channel, keep those that pass the member
+            rule alone instead of failing (the official code fails); ``None``: only with a random
+            backbone, whose channels' distances are all alike (smoke runs, the synthetic demo).
         position_channels: append each patch's (row, column) to its feature; ``None``: when the mean
             training image differs from its transpose by ``alignment_threshold`` (the official test).
         position_weight: position channels span ``[0, position_weight)``.
         alignment_threshold: mean squared difference (0-255 scale) above which images count as aligned.
-        sigma: Gaussian smoothing of the map at a 224 px input; scaled with the input size.
+        sigma: Gaussian smoothing of the map, in pixels, whatever the image size (the official 13).
         max_distance_mib: bound of one distance block (float32) of the nearest-neighbour searches.
         seed: seeds the choice of seed images.
     """
@@ -163,12 +310,14 @@ class InreachModel(DynamicBufferMixin, nn.Module):
     def __init__(
         self,
         backbone: str = "wide_resnet50_2.tv_in1k",
-        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+        taps: Sequence[str] = OFFICIAL_TAPS,
         pre_trained: bool = True,
         embedding_dim: int = 1024,
         num_seeds: int = 10,
+        association: Association = "official",
         min_channel_members: int = 3,
         max_channel_spread: float = 5.0,
+        spread_fallback: bool | None = None,
         position_channels: bool | None = None,
         position_weight: float = 5.0,
         alignment_threshold: float = 1000.0,
@@ -177,20 +326,22 @@ class InreachModel(DynamicBufferMixin, nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.layers = list(layers)
+        if association not in ("official", "paper"):
+            msg = f"InReaCh association is 'official' or 'paper', got {association!r}"
+            raise ValueError(msg)
         self.num_seeds = num_seeds
+        self.association: Association = association
         self.min_channel_members = min_channel_members
         self.max_channel_spread = max_channel_spread
+        self.spread_fallback = not pre_trained if spread_fallback is None else spread_fallback
         self.position_channels = position_channels
         self.position_weight = position_weight
         self.alignment_threshold = alignment_threshold
         self.sigma = sigma
         self.max_elements = max_distance_mib * 2**20 // 4
         self.seed = seed
-        self.feature_extractor = TimmFeatureExtractor(backbone, self.layers, pre_trained=pre_trained).eval()
-        self.pool = nn.AvgPool2d(3, 1, 1)
-        self.preprocessing = Preprocessing(list(self.feature_extractor.out_dims), embedding_dim, patchsize=1)
-        self.aggregator = Aggregator(target_dim=embedding_dim, num_features=len(self.layers))
+        self.backbone = BlockTaps(backbone, taps, pre_trained)
+        self.descriptors = PatchDescriptors(self.backbone.channels, embedding_dim)
         self.memory_bank: torch.Tensor
         self.register_buffer("memory_bank", torch.empty(0))
         self.positional: torch.Tensor
@@ -199,24 +350,13 @@ class InreachModel(DynamicBufferMixin, nn.Module):
         self.store: dict[str, torch.Tensor] = {}
         self.grid = (0, 0)
         self.image_sum: torch.Tensor | None = None
+        self.report: dict[str, Any] = {}  # facts about the last fit, for result.json
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch features ``(B, h·w, embedding_dim)`` on the first layer's ``(h, w)`` grid.
-
-        Each layer's 3×3 neighbourhoods are averaged, deeper layers resized bilinearly to the first
-        grid, each layer pooled to ``embedding_dim`` and the layers together to ``embedding_dim``
-        (PatchCore's aggregation, with GLASS's components).
-        """
-        features = self.feature_extractor(images)
-        maps = [self.pool(features[layer]) for layer in self.layers]
-        grid = maps[0].shape[-2:]
-        rows = []
-        for feature_map in maps:
-            if feature_map.shape[-2:] != grid:
-                feature_map = F.interpolate(feature_map, size=grid, mode="bilinear", align_corners=False)
-            rows.append(feature_map.permute(0, 2, 3, 1).reshape(-1, feature_map.shape[1]))
-        embedding = self.aggregator(self.preprocessing(rows))
-        return embedding.reshape(len(images), grid[0] * grid[1], -1), (grid[0], grid[1])
+        """Patch descriptors ``(B, h·w, embedding_dim)`` on the first tap's ``(h, w)`` grid."""
+        descriptors = self.descriptors(self.backbone(images))
+        height, width = descriptors.shape[-2:]
+        return descriptors.flatten(2).transpose(1, 2).contiguous(), (height, width)
 
     def positions(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
         """Each patch's ``(row, column)`` ``(h·w, 2)``, scaled to ``[0, position_weight)``."""
@@ -257,10 +397,11 @@ class InreachModel(DynamicBufferMixin, nn.Module):
     @torch.no_grad()
     def fit(self) -> torch.Tensor:
         """Build the nominal bank from the collected features; returns the nominal mask ``(N, P)``
-        over the training images sorted by path."""
+        over the training images sorted by path. A bank the rules leave empty is a
+        :class:`~viadk8s.errors.SpecError` (exit 2) unless ``spread_fallback`` allows the fallback."""
         if len(self.store) <= self.min_channel_members:
             msg = f"InReaCh needs more than {self.min_channel_members} training images, got {len(self.store)}"
-            raise ValueError(msg)
+            raise SpecError(msg)
         device = self.memory_bank.device
         keys = sorted(self.store)
         self.positional = torch.tensor(self.aligned(), device=device)
@@ -269,25 +410,37 @@ class InreachModel(DynamicBufferMixin, nn.Module):
             for key in keys:  # one image at a time: never two copies of the store
                 self.store[key] = torch.cat([self.store[key], where], dim=1)
         features = [self.store[key] for key in keys]
-        members = associate(features, self.choose_seeds(len(features)), self.max_elements, device)
+        seeds = self.choose_seeds(len(features))
+        members = associate(features, seeds, self.max_elements, device, self.association)
         nominal = filter_channels(features, members, self.min_channel_members, self.max_channel_spread)
-        if not nominal.any():
+        fallback = not nominal.any()
+        if fallback:
+            rule = f"members closer to their channel's mean than {self.max_channel_spread:g} spreads"
+            if not self.spread_fallback:
+                msg = (
+                    f"InReaCh's spread rule ({rule}) left no channel with more than {self.min_channel_members} "
+                    "members: the nominal bank is empty (the official code fails here too); "
+                    "init_args spread_fallback: true keeps the channels that pass the member rule alone"
+                )
+                raise SpecError(msg)
             # e.g. a random backbone: its distances to a channel's mean are all alike, so their small
             # standard deviation puts every member "too far"
-            logger.warning("InReaCh: no channel passed the spread rule; keeping those that pass the member rule")
+            logger.warning("InReaCh: the spread rule (%s) left no channel; keeping those that pass the member rule", rule)
             nominal = filter_channels(features, members, self.min_channel_members, math.inf)
         if not nominal.any():
             msg = f"InReaCh kept no nominal patch: no channel has more than {self.min_channel_members} members"
-            raise RuntimeError(msg)
+            raise SpecError(msg)
         mask = nominal.cpu()
         self.memory_bank = torch.cat([f[m] for f, m in zip(features, mask, strict=True)]).to(device)
-        logger.info(
-            "InReaCh bank: %d of %d patches (%.1f %%), position channels %s",
-            len(self.memory_bank),
-            mask.numel(),
-            100 * mask.float().mean(),
-            bool(self.positional),
-        )
+        self.report = {
+            "association": self.association,
+            "bank_patches": len(self.memory_bank),
+            "training_patches": mask.numel(),
+            "bank_share": round(float(mask.double().mean()), 6),
+            "spread_fallback_used": fallback,
+            "position_channels": bool(self.positional),
+        }
+        logger.info("InReaCh bank: %s", self.report)
         self.store.clear()
         self.image_sum = None
         return mask
@@ -295,7 +448,7 @@ class InreachModel(DynamicBufferMixin, nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Anomaly maps ``(B, H, W)``: squared distance of each patch to its nearest nominal patch,
-        upsampled (nearest) and smoothed; the image score is the map's maximum."""
+        upsampled (nearest, the official repeat) and smoothed; the image score is the map's maximum."""
         if self.memory_bank.numel() == 0:
             msg = "Memory bank is empty: fit InReaCh before testing"
             raise ValueError(msg)
@@ -304,8 +457,6 @@ class InreachModel(DynamicBufferMixin, nn.Module):
             embedding = torch.cat([embedding, self.positions(grid, images.device).expand(len(images), -1, -1)], dim=2)
         distance, _ = nearest_neighbours(embedding.reshape(-1, embedding.shape[-1]), self.memory_bank, self.max_elements)
         patch_scores = distance.square().reshape(len(images), 1, *grid)
-        height, width = images.shape[-2:]
-        sigma = (self.sigma * height / REFERENCE_SIZE, self.sigma * width / REFERENCE_SIZE)
-        blur = GaussianBlur2d(sigma=sigma, channels=1).to(images.device)
-        anomaly_map = blur(F.interpolate(patch_scores, size=(height, width), mode="nearest")).squeeze(1)
+        upsampled = F.interpolate(patch_scores, size=images.shape[-2:], mode="nearest").squeeze(1)
+        anomaly_map = gaussian_smooth(upsampled, self.sigma)
         return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(1), anomaly_map=anomaly_map)
