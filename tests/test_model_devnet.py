@@ -1,5 +1,7 @@
-"""DevNet (viadk8s.models.devnet): the deviation loss at known points, top-k scoring, shapes,
-determinism, its training recipe and a planted defect. The CLI run is in tests/test_supervised_data.py."""
+"""DevNet (viadk8s.models.devnet): the deviation loss at known points, top-k scoring, the
+nearest-neighbour second scale, the random rotation of training images, shapes, determinism, its
+training recipe (the official scheduler's steps) and a planted defect. The CLI run is in
+tests/test_supervised_data.py."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from lightning.pytorch import seed_everything
 
 from viadk8s import catalog
 from viadk8s.models.devnet import DeviationLoss, Devnet
-from viadk8s.models.devnet.torch_model import top_k_mean
+from viadk8s.models.devnet.lightning_model import OFFICIAL_BATCH
+from viadk8s.models.devnet.torch_model import IMAGENET_MEAN, IMAGENET_STD, random_rotation, rescale, rotate, top_k_mean
 from viadk8s.worker.adapters import model_class
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # training steps outside a Trainer
@@ -77,6 +80,45 @@ def test_top_k_mean_averages_the_highest_tenth() -> None:
     assert top_k_mean(torch.tensor([[[3.0, 1.0], [2.0, 0.0]]]), 0.1).tolist() == [3.0]  # at least one position
 
 
+def test_second_scale_is_the_nearest_neighbour_half() -> None:
+    """The official ``F.interpolate(image, size=img_size // 2)``: nearest neighbour, sides rounded down;
+    output pixel i reads input pixel floor(i * in / out)."""
+    square = torch.arange(16.0).reshape(1, 1, 4, 4)
+    assert rescale(square, 0.5).tolist() == [[[[0.0, 2.0], [8.0, 10.0]]]]  # rows/columns 0 and 2: no blending
+    odd = torch.arange(25.0).reshape(1, 1, 5, 5)  # 5 // 2 = 2 pixels a side, reading 0 and floor(2.5) = 2
+    assert rescale(odd, 0.5).tolist() == [[[[0.0, 2.0], [10.0, 12.0]]]]
+    assert rescale(square, 1.0) is square
+
+
+def test_rotation_turns_each_image_and_fills_its_corners_black() -> None:
+    image = torch.arange(9.0).reshape(1, 1, 3, 3)
+    assert torch.equal(rotate(image, [90.0], [-1.0]), torch.rot90(image, 1, dims=(-2, -1)))  # counter-clockwise
+    assert torch.equal(rotate(image, [180.0], [-1.0]), image.flip(-1).flip(-2))
+    turned = rotate(torch.arange(25.0).reshape(1, 1, 5, 5), [45.0], [-1.0])[0, 0]
+    # the corners are 2.83 pixels from the centre along a diagonal: turned by 45 degrees they come from
+    # outside the 5x5 image (2.83 > 2.5) and take the fill; the centre stays
+    assert [turned[0, 0], turned[0, 4], turned[4, 0], turned[4, 4]] == [-1.0] * 4 and turned[2, 2] == 12.0
+    black = [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]
+    images = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    first, again = (random_rotation(images, torch.Generator().manual_seed(4), 180.0) for _ in range(2))
+    assert torch.equal(first, again) and not torch.equal(first, images)  # seeded, and it turns the images
+    for c in range(3):  # a 16x16 image turned by an angle not a multiple of 90 degrees uncovers black corners
+        assert (first[:, c] == black[c]).any()
+    assert random_rotation(images, torch.Generator().manual_seed(4), 0.0) is images
+
+
+def test_training_turns_the_images_by_the_seeded_random_angles() -> None:
+    """DevNet keeps the official ``RandomRotation(180)`` (the paper's benchmark removed it for DRA only):
+    the network trains on the batch turned by angles drawn from the run seed."""
+    model = tiny_devnet(seed=11)
+    assert model.rotation == 180.0
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    seen: list[torch.Tensor] = []
+    model.model.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    model.training_step(SimpleNamespace(image=images, gt_label=torch.tensor([False, False, True, True])))
+    assert torch.equal(seen[0], random_rotation(images, torch.Generator().manual_seed(11), 180.0))
+
+
 def test_scores_and_maps_have_the_expected_shapes() -> None:
     model = tiny_devnet().model
     images = torch.randn(3, 3, 64, 64)
@@ -115,6 +157,8 @@ def test_same_seed_same_training_step() -> None:
 
 
 def test_training_recipe() -> None:
+    """Adam, 48-image batches (24 + 24), the learning rate x0.1 after epochs 10, 20, ...: the official
+    loop steps its StepLR after each epoch."""
     model = tiny_devnet()
     configured = model.configure_optimizers()
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
@@ -122,11 +166,14 @@ def test_training_recipe() -> None:
     assert optimizer.defaults["lr"] == 2e-4 and optimizer.defaults["weight_decay"] == 1e-5
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.model.parameters()))  # fine-tuned
     rates = []
-    for _ in range(21):
+    for _ in range(50):  # per epoch: the rate it trains with, then Lightning's step at the epoch's end
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    assert rates[9] == pytest.approx(2e-4) and rates[10] == pytest.approx(2e-5) and rates[20] == pytest.approx(2e-6)
+    assert rates == pytest.approx([2e-4] * 10 + [2e-5] * 10 + [2e-6] * 10 + [2e-7] * 10 + [2e-8] * 10)
+    batches = Devnet.balanced_batches
+    assert batches is not None and (batches.batch_size, batches.normal_share, batches.references) == (OFFICIAL_BATCH, 0.5, 0)
+    assert OFFICIAL_BATCH == 48 and batches.steps_per_epoch == 20
     assert model.trainer_arguments["gradient_clip_val"] == 1.0 and model.trainer_arguments["gradient_clip_algorithm"] == "norm"
 
 
@@ -139,13 +186,14 @@ def test_catalog_builds_it_with_resnet18_and_image_metrics_only() -> None:
 
 
 def test_planted_defect_scores_above_normal_images() -> None:
-    """Random weights, 20 balanced steps on 16 noise images and 8 with a bright square: new images
-    with a square at new places score above new noise images."""
+    """Random weights, 30 balanced steps on 16 noise images and 8 with a bright square, every image
+    turned at random (after 20 such steps the AUROC is still 0.875): new images with a square
+    at new places score above new noise images."""
     generator = torch.Generator().manual_seed(1)
     model = tiny_devnet(seed=3)
     normal, anomalous = planted(16, False, generator), planted(8, True, generator)
     optimizer = model.configure_optimizers()["optimizer"]
-    for _ in range(20):
+    for _ in range(30):
         rows_normal, rows_anomalous = torch.randperm(16, generator=generator)[:4], torch.randperm(8, generator=generator)[:4]
         batch = SimpleNamespace(image=torch.cat([normal[rows_normal], anomalous[rows_anomalous]]), gt_label=torch.arange(8) >= 4)
         loss = model.training_step(batch)["loss"]

@@ -1,12 +1,14 @@
-"""The supervised datamodule (viadk8s.data.supervised): balanced, seeded batches of a fixed count; the
-worker serves them only to models that ask, in supervised runs; bad input is one line, exit 2; and
-the supervised experiment end to end with DRA, DevNet and SuperSimpleNet."""
+"""The supervised datamodule (viadk8s.data.supervised): balanced, seeded batches of a fixed count, with
+a model's share of normal images and its references; the worker serves them only to models that
+ask, in supervised runs, at the model's own batch size; bad input is one line, exit 2; and the
+supervised experiment end to end with DRA, DevNet and SuperSimpleNet."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import pandas as pd
@@ -39,7 +41,38 @@ def test_every_batch_is_half_anomalies_for_a_fixed_number_of_steps() -> None:
         for batch in epoch:
             assert [LABELS[i] for i in batch] == [0] * 8 + [1] * 8
     odd = next(iter(BalancedBatchSampler(LABELS, batch_size=5, steps_per_epoch=1, seed=3)))
-    assert [LABELS[i] for i in odd] == [0, 0, 0, 1, 1]  # the odd image is a normal one
+    assert [LABELS[i] for i in odd] == [0, 0, 1, 1, 1]  # DevNet's sampler: floor(5 / 2) normal, the odd one an anomaly
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "share", "references", "counts"),
+    [
+        (48, Fraction(1, 2), 0, (0, 24, 24)),  # DevNet's official batch
+        (48, Fraction(2, 3), 5, (5, 32, 16)),  # DRA's: 2 * 48 // 3 normal, 5 references ahead
+        (16, Fraction(2, 3), 5, (5, 10, 6)),  # floor(32 / 3) = 10
+        (2, Fraction(2, 3), 1, (1, 1, 1)),  # floor(4 / 3) = 1
+    ],
+)
+def test_composition_follows_the_normal_share_and_references(
+    batch_size: int, share: Fraction, references: int, counts: tuple[int, int, int]
+) -> None:
+    n_references, n_normal, n_anomalous = counts
+    for batch in BalancedBatchSampler(LABELS, batch_size, 3, seed=1, normal_share=share, references=references):
+        assert [LABELS[i] for i in batch] == [0] * (n_references + n_normal) + [1] * n_anomalous
+
+
+def test_references_come_from_a_stream_of_their_own() -> None:
+    """References cycle through the normal images from ``[seed, 1]``; the batches' own draws are those
+    of a sampler without references."""
+    with_references = epochs(BalancedBatchSampler(LABELS, 16, 20, seed=11, references=5), 2)
+    plain = epochs(BalancedBatchSampler(LABELS, 16, 20, seed=11), 2)
+    assert [[b[5:] for b in epoch] for epoch in with_references] == plain
+    references = [i for epoch in with_references for batch in epoch for i in batch[:5]]
+    normal = [i for i, y in enumerate(LABELS) if y == 0]
+    assert sorted(references[:37]) == normal and sorted(references[37:74]) == normal  # each once a cycle
+    assert references == [
+        i for epoch in epochs(BalancedBatchSampler(LABELS, 16, 20, 11, references=5), 2) for b in epoch for i in b[:5]
+    ]
 
 
 def test_batches_are_reproducible_from_the_seed() -> None:
@@ -67,7 +100,7 @@ def test_few_anomalies_are_oversampled_evenly(caplog: pytest.LogCaptureFixture) 
     [
         ([0] * 12, 16, "found 0 among 12 train images: run the model in the supervised experiment"),
         ([1] * 4, 16, "need normal train images, found 0 among 4"),
-        ([0, 0, 1], 1, "batch size 1; allowed: >= 2"),
+        ([0, 0, 1], 1, "batch size 1 gives 0 normal and 1 anomalous images; allowed: a size with at least one of each"),
     ],
 )
 def test_impossible_batches_are_one_line_spec_errors(labels: list[int], batch_size: int, message: str) -> None:
@@ -77,12 +110,16 @@ def test_impossible_batches_are_one_line_spec_errors(labels: list[int], batch_si
 
 
 def test_balanced_loader_uses_the_models_batch_size_when_it_sets_one() -> None:
+    """The run's batch size unless the model sets its own (DRA and DevNet: the official 48); references
+    come on top."""
     dataset = TensorDataset(torch.arange(len(LABELS)), torch.tensor(LABELS))
     loader = balanced_loader(dataset, LABELS, BalancedBatches(steps_per_epoch=4), batch_size=6, seed=0)
     batches = list(loader)
     assert len(batches) == 4 and all(b[1].tolist() == [0, 0, 0, 1, 1, 1] for b in batches)
     own = balanced_loader(dataset, LABELS, BalancedBatches(steps_per_epoch=2, batch_size=10), batch_size=6, seed=0)
     assert [len(b[0]) for b in own] == [10, 10]
+    dra = balanced_loader(dataset, LABELS, BalancedBatches(1, 6, Fraction(2, 3), references=2), batch_size=16, seed=0)
+    assert [b[1].tolist() for b in dra] == [[0, 0, 0, 0, 0, 0, 1, 1]]
 
 
 def data_module(folder: Path, labelled_train: bool, balanced: BalancedBatches | None) -> SamplesDataModule:
@@ -98,11 +135,15 @@ def data_module(folder: Path, labelled_train: bool, balanced: BalancedBatches | 
 
 
 def test_the_worker_serves_balanced_batches_only_to_models_that_ask_in_supervised_runs(tmp_path: Path) -> None:
-    asked = data_module(tmp_path, labelled_train=True, balanced=Dra.balanced_batches).train_dataloader()
-    assert isinstance(asked.batch_sampler, BalancedBatchSampler) and len(asked) == 20
-    labels = asked.dataset.samples.label_index.tolist()
-    assert all([labels[i] for i in batch] == [0, 0, 1, 1] for batch in asked.batch_sampler)
-    assert Devnet.balanced_batches == Dra.balanced_batches == BalancedBatches(steps_per_epoch=20, batch_size=None)
+    """DRA's batches (the run's batch size is 4; DRA's own, 48, wins): 5 references, 32 normal, 16
+    anomalies; DevNet's: 24 + 24."""
+    assert Dra.balanced_batches == BalancedBatches(steps_per_epoch=20, batch_size=48, normal_share=Fraction(2, 3), references=5)
+    assert Devnet.balanced_batches == BalancedBatches(steps_per_epoch=20, batch_size=48, normal_share=Fraction(1, 2))
+    for model, expected in ((Dra, [0] * 37 + [1] * 16), (Devnet, [0] * 24 + [1] * 24)):
+        asked = data_module(tmp_path, labelled_train=True, balanced=model.balanced_batches).train_dataloader()
+        assert isinstance(asked.batch_sampler, BalancedBatchSampler) and len(asked) == 20
+        labels = asked.dataset.samples.label_index.tolist()
+        assert all([labels[i] for i in batch] == expected for batch in asked.batch_sampler)
     # SuperSimpleNet's supervised mode (no request) and any one-class run keep anomalib's shuffled loader
     for module in (data_module(tmp_path, True, None), data_module(tmp_path, False, Dra.balanced_batches)):
         loader = module.train_dataloader()
@@ -123,8 +164,9 @@ def test_supervised_models_refuse_runs_without_labelled_anomalies(cli, tmp_path:
 
 
 def test_supervised_experiment_runs_dra_devnet_and_supersimplenet(cli, tmp_path: Path) -> None:  # noqa: ANN001
-    """k = 10 of 14 bad images move to train; one epoch of 20 balanced batches of 4 (random weights:
-    the planted-defect checks are the models' own tests, tests/test_model_dra.py and _devnet.py)."""
+    """k = 10 of 14 bad images move to train; one epoch of 20 batches of 4 for SuperSimpleNet, of the
+    official 48 (+ 5 references for DRA) for DRA and DevNet (random weights: the planted-defect checks
+    are the models' own tests, tests/test_model_dra.py and _devnet.py)."""
     config = tmp_path / "viadk8s.yaml"
     data = {"tiny": {"synthetic": {**TINY, "categories": ["tiles"], "n_test_bad": 14}}}
     config.write_text(yaml.safe_dump({"store": str(tmp_path / "store"), "datasets": data}))

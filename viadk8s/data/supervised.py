@@ -1,10 +1,14 @@
-"""Balanced training batches for supervised models (DRA, DevNet): half normal, half labelled anomalies.
+"""Balanced training batches for supervised models (DRA, DevNet): a fixed share of normal images, the
+rest labelled anomalies, and optionally a few extra normal images that a model uses as references.
 
 A supervised run holds many normal train images and a few labelled anomalies (the supervised
 experiment's ``k``, or a dataset's own labelled bad images: :func:`viadk8s.data.splits.supervised`).
 Shuffled batches would hold almost no anomaly; the deviation networks' recipe instead fills every
-batch half with normal images and half with anomalies, oversampling the few anomalies, and counts
-an epoch in a fixed number of steps rather than in passes over the data.
+batch with a fixed number of normal images and of anomalies (DevNet: half and half; DRA: two thirds
+normal), oversampling the few anomalies, and counts an epoch in a fixed number of steps rather than
+in passes over the data. DRA also compares every batch with reference normal images that its
+official code draws from a second loader, batch after batch: here they come first in each batch,
+from their own seeded stream.
 
 A model asks for it with a class attribute ``balanced_batches = BalancedBatches(...)``; the worker's
 data module reads it and serves :func:`balanced_loader` in supervised runs only. Plain torch/numpy.
@@ -13,8 +17,10 @@ data module reads it and serves :func:`balanced_loader` in supervised runs only.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -24,6 +30,8 @@ from viadk8s.errors import SpecError
 
 log = logging.getLogger(__name__)
 
+REFERENCE_STREAM = 1  # second word of the reference draws' seed: a stream apart from the batches' own
+
 
 @dataclass(frozen=True)
 class BalancedBatches:
@@ -31,11 +39,17 @@ class BalancedBatches:
 
     Args:
         steps_per_epoch: batches per epoch (the official DRA/DevNet recipe: 20).
-        batch_size: images per batch; ``None``: the run's batch size (the protocol's 16).
+        batch_size: normal images and anomalies per batch (references not counted); ``None``: the
+            run's batch size.
+        normal_share: share of a batch's images that are normal, rounded down; the rest are labelled
+            anomalies (DevNet's official sampler: 1/2, DRA's: 2/3).
+        references: normal images drawn, from a stream of their own, ahead of each batch's images.
     """
 
     steps_per_epoch: int = 20
     batch_size: int | None = None
+    normal_share: Fraction = Fraction(1, 2)
+    references: int = 0
 
 
 class _Cycle:
@@ -59,18 +73,29 @@ class _Cycle:
 
 
 class BalancedBatchSampler(Sampler[list[int]]):
-    """Batches of dataset indices: ``batch_size - batch_size // 2`` normal images then
-    ``batch_size // 2`` anomalies (exactly half for an even size), ``steps_per_epoch`` per epoch.
+    """Batches of dataset indices: ``references`` reference normal images, then
+    ``floor(batch_size * normal_share)`` normal images, then the rest of ``batch_size`` in labelled
+    anomalies; ``steps_per_epoch`` batches per epoch.
 
-    Draws continue from one epoch to the next, from ``numpy.random.default_rng(seed)``: the same
-    seed and labels give the same batches, epoch after epoch. Label 0 is normal, any other
-    label an anomaly.
+    Draws continue from one epoch to the next, from ``numpy.random.default_rng(seed)`` (normal images
+    and anomalies) and ``default_rng([seed, 1])`` (references, so that asking for them leaves the
+    other draws as they were): the same seed and labels give the same batches, epoch after epoch.
+    Label 0 is normal, any other label an anomaly.
 
     Raises:
-        SpecError: no labelled anomaly (or no normal image) in ``labels``, or a batch size below 2.
+        SpecError: no labelled anomaly (or no normal image) in ``labels``, or a batch size that
+            leaves no room for a normal image or an anomaly.
     """
 
-    def __init__(self, labels: Sequence[int], batch_size: int, steps_per_epoch: int, seed: int) -> None:
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        steps_per_epoch: int,
+        seed: int,
+        normal_share: Fraction = Fraction(1, 2),
+        references: int = 0,
+    ) -> None:
         labels = np.asarray(labels)
         normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels != 0)
         if len(anomalous) == 0:
@@ -80,25 +105,33 @@ class BalancedBatchSampler(Sampler[list[int]]):
             )
         if len(normal) == 0:
             raise SpecError(f"supervised batches need normal train images, found 0 among {len(labels)}")
-        if batch_size < 2:
-            raise SpecError(f"supervised batches are half normal, half anomalies: batch size {batch_size}; allowed: >= 2")
-        if steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-        self.n_anomalous = batch_size // 2
-        self.n_normal = batch_size - self.n_anomalous
+        if not 0 < normal_share < 1 or steps_per_epoch < 1 or references < 0:
+            raise ValueError(
+                f"need 0 < normal_share < 1, steps_per_epoch >= 1, references >= 0: {normal_share}, "
+                f"{steps_per_epoch}, {references}"
+            )
+        self.n_normal = math.floor(batch_size * Fraction(normal_share))
+        self.n_anomalous = batch_size - self.n_normal
+        if self.n_normal < 1 or self.n_anomalous < 1:
+            raise SpecError(
+                f"supervised batches hold normal images and anomalies: batch size {batch_size} gives {self.n_normal} "
+                f"normal and {self.n_anomalous} anomalous images; allowed: a size with at least one of each (>= 2)"
+            )
+        self.n_references = references
         self.steps_per_epoch = steps_per_epoch
         rng = np.random.default_rng(seed)
         self.normal, self.anomalous = _Cycle(normal, rng), _Cycle(anomalous, rng)
-        repeats = self.n_anomalous * steps_per_epoch / len(anomalous)
+        self.references = _Cycle(normal, np.random.default_rng([seed, REFERENCE_STREAM]))
         log.info(
-            "balanced batches of %d normal + %d anomalous images from %d normal images and %d labelled anomalies, "
-            "%d steps per epoch: each anomaly about %.1f times an epoch",
+            "balanced batches of %d normal + %d anomalous images (+ %d references) from %d normal images and "
+            "%d labelled anomalies, %d steps per epoch: each anomaly about %.1f times an epoch",
             self.n_normal,
             self.n_anomalous,
+            references,
             len(normal),
             len(anomalous),
             steps_per_epoch,
-            repeats,
+            self.n_anomalous * steps_per_epoch / len(anomalous),
         )
 
     def __len__(self) -> int:
@@ -106,7 +139,8 @@ class BalancedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.steps_per_epoch):
-            yield self.normal.take(self.n_normal) + self.anomalous.take(self.n_anomalous)
+            references = self.references.take(self.n_references)
+            yield references + self.normal.take(self.n_normal) + self.anomalous.take(self.n_anomalous)
 
 
 def balanced_loader(
@@ -115,5 +149,6 @@ def balanced_loader(
     """A loader of ``dataset`` in balanced batches; ``batch_size`` is the run's, used unless
     ``batches`` sets its own. ``loader_args``: the rest of :class:`~torch.utils.data.DataLoader`'s
     arguments (workers, collate function)."""
-    sampler = BalancedBatchSampler(labels, batches.batch_size or batch_size, batches.steps_per_epoch, seed)
+    size = batches.batch_size or batch_size
+    sampler = BalancedBatchSampler(labels, size, batches.steps_per_epoch, seed, batches.normal_share, batches.references)
     return DataLoader(dataset, batch_sampler=sampler, **loader_args)

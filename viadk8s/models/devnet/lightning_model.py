@@ -7,8 +7,9 @@ Paper:
     URL: https://arxiv.org/abs/2108.00462
 
 A supervised model: it trains on the supervised experiment's labelled anomalies (label 1) next to
-the normal images, in the balanced batches of :mod:`viadk8s.data.supervised`, and scores images
-only (the benchmark reports no pixel metric for it).
+the normal images, in the balanced batches of :mod:`viadk8s.data.supervised` (the official 24 + 24),
+every image turned by a random angle (the official ``RandomRotation(180)``), and scores images only
+(the benchmark reports no pixel metric for it).
 
 Example:
     >>> from anomalib.engine import Engine
@@ -23,6 +24,8 @@ See Also:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -38,21 +41,37 @@ from torch import optim
 
 from viadk8s.data.supervised import BalancedBatches
 
-from .torch_model import DeviationLoss, DevnetModel
+from .torch_model import DeviationLoss, DevnetModel, random_rotation
 
 DECAY_EVERY = 10  # epochs between the learning-rate steps
 DECAY = 0.1
 GRADIENT_CLIP_NORM = 1.0
+OFFICIAL_BATCH = 48  # both official training scripts' --batch_size
+STEPS_PER_EPOCH = 20  # both official training scripts' --steps_per_epoch
+
+
+def step_decay(epoch: int, shift: int) -> float:
+    """Learning-rate factor of an epoch (0-based): ×``DECAY`` every ``DECAY_EVERY`` epochs, the
+    steps ``shift`` epochs early."""
+    return DECAY ** ((epoch + shift) // DECAY_EVERY)
 
 
 class DeviationTraining(AnomalibModule):
-    """The training recipe DevNet and DRA share: balanced supervised batches (20 steps per epoch,
-    the run's batch size), Adam with weight decay, the learning rate ×0.1 every 10 epochs, gradient
-    norm clipped at 1. Subclasses set ``self.model`` (whose eval-mode forward gives an
-    :class:`InferenceBatch`), ``learning_rate`` and ``weight_decay``.
+    """The training recipe DevNet and DRA share: balanced supervised batches of their own (20 steps
+    per epoch), Adam with weight decay, the learning rate ×0.1 every 10 epochs, gradient norm clipped
+    at 1. Subclasses set ``self.model`` (whose eval-mode forward gives an :class:`InferenceBatch`),
+    ``learning_rate`` and ``weight_decay``; ``balanced_batches`` and ``decay_shift`` where their
+    official code differs from DevNet's.
+
+    ``decay_shift``: epochs by which the decays come early. DevNet's official loop steps its
+    ``StepLR`` after each epoch (0); DRA's steps it before each epoch, which in PyTorch >= 1.1 (its
+    pinned 1.1.0 included) skips the schedule's first value, so each decay comes one epoch early (1).
     """
 
-    balanced_batches: ClassVar[BalancedBatches | None] = BalancedBatches(steps_per_epoch=20)
+    balanced_batches: ClassVar[BalancedBatches | None] = BalancedBatches(
+        steps_per_epoch=STEPS_PER_EPOCH, batch_size=OFFICIAL_BATCH, normal_share=Fraction(1, 2)
+    )
+    decay_shift: ClassVar[int] = 0
     model: torch.nn.Module
     learning_rate: float
     weight_decay: float
@@ -65,7 +84,7 @@ class DeviationTraining(AnomalibModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """Adam on every parameter (the backbone is fine-tuned), stepped down per epoch."""
         optimizer = optim.Adam(self.model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-        scheduler = optim.lr_scheduler.StepLR(optimizer, step_size=DECAY_EVERY, gamma=DECAY)
+        scheduler = optim.lr_scheduler.LambdaLR(optimizer, partial(step_decay, shift=self.decay_shift))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     @property
@@ -92,8 +111,11 @@ class Devnet(DeviationTraining):
         margin: deviation-loss margin, in prior standard deviations. Defaults to ``5.0``.
         learning_rate: Adam's learning rate. Defaults to ``2e-4``.
         weight_decay: Adam's weight decay. Defaults to ``1e-5``.
-        seed: seeds the deviation loss's reference scores; ``None``: the seed torch was last given
-            (the run seed, set by ``seed_everything`` before the model is built).
+        rotation: training images are turned by an angle uniform in ``[-rotation, rotation]`` degrees
+            (the official augmentation, which the benchmark removed for DRA only); ``0``: none.
+            Defaults to ``180.0``.
+        seed: seeds the deviation loss's reference scores and the rotations; ``None``: the seed torch
+            was last given (the run seed, set by ``seed_everything`` before the model is built).
         pre_processor: resize and ImageNet normalisation (no crop). Defaults to ``True``.
         post_processor: Defaults to ``True``.
         evaluator: Defaults to ``True``.
@@ -109,6 +131,7 @@ class Devnet(DeviationTraining):
         margin: float = 5.0,
         learning_rate: float = 2e-4,
         weight_decay: float = 1e-5,
+        rotation: float = 180.0,
         seed: int | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -121,14 +144,18 @@ class Devnet(DeviationTraining):
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        seed = torch.initial_seed() if seed is None else seed
         self.model = DevnetModel(backbone=backbone, pre_trained=pre_trained, scales=scales, top_k=top_k)
-        self.loss = DeviationLoss(margin=margin, seed=torch.initial_seed() if seed is None else seed)
+        self.loss = DeviationLoss(margin=margin, seed=seed)
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.rotation = rotation
+        self.rotation_generator = torch.Generator().manual_seed(seed)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Deviation loss of the batch's image scores against its labels (1: labelled anomaly)."""
+        """Deviation loss of the randomly turned images' scores against their labels (1: labelled anomaly)."""
         del args, kwargs  # These variables are not used.
-        loss = self.loss(self.model(batch.image), batch.gt_label)
+        images = random_rotation(batch.image, self.rotation_generator, self.rotation)
+        loss = self.loss(self.model(images), batch.gt_label)
         self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
         return {"loss": loss}

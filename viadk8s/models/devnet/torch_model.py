@@ -19,6 +19,7 @@ from the paper and models.md (the official image repository has no licence); ano
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -26,9 +27,12 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 PRIOR_SAMPLES = 5000
 MARGIN = 5.0
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pre-processor's normalisation
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DeviationLoss(nn.Module):
@@ -86,11 +90,41 @@ class TopKHead(nn.Module):
 
 
 def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
-    """Images resized by ``scale`` (bilinear, antialiased when shrinking); ``1`` returns them as they are."""
+    """Images resized by ``scale``, nearest neighbour, each side rounded down (the official code:
+    ``F.interpolate(image, size=img_size // 2)``, whose default mode is nearest); ``1`` returns them as
+    they are."""
     if scale == 1:
         return images
-    size = [max(1, round(side * scale)) for side in images.shape[-2:]]
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    size = [max(1, math.floor(side * scale)) for side in images.shape[-2:]]
+    return F.interpolate(images, size=size, mode="nearest")
+
+
+def rotate(images: torch.Tensor, angles: Sequence[float], fill: Sequence[float]) -> torch.Tensor:
+    """Each image ``(C, H, W)`` of a batch turned by its angle (degrees, counter-clockwise) about its
+    centre, nearest neighbour, same size; the corners it uncovers take ``fill`` (one value a channel)."""
+    return torch.stack(
+        [
+            TF.rotate(image, float(angle), interpolation=TF.InterpolationMode.NEAREST, fill=list(fill))
+            for image, angle in zip(images, angles, strict=True)
+        ]
+    )
+
+
+def random_rotation(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    degrees: float,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """DevNet's training augmentation (torchvision's ``RandomRotation(180)`` in the official dataset):
+    every image turned by an angle uniform in ``[-degrees, degrees]``, nearest neighbour, the uncovered
+    corners black. The images are normalised (``mean``/``std``), so black is ``-mean / std``; nearest
+    neighbour commutes with the normalisation, so this equals rotating before it."""
+    if degrees == 0:
+        return images
+    angles = (2 * torch.rand(len(images), generator=generator) - 1) * degrees
+    return rotate(images, angles.tolist(), [-m / s for m, s in zip(mean, std, strict=True)])
 
 
 class MultiScaleBackbone(nn.Module):

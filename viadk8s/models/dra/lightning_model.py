@@ -1,4 +1,5 @@
-"""DRA Lightning model: four deviation-loss heads on balanced batches, pseudo anomalies made on the fly.
+"""DRA Lightning model: four deviation-loss heads on DRA's own balanced batches, pseudo anomalies made
+on the fly.
 
 Paper:
     Title: Catching Both Gray and Black Swans: Open-set Supervised Anomaly Detection
@@ -7,8 +8,9 @@ Paper:
     URL: https://arxiv.org/abs/2203.14506
 
 A supervised model: it trains on the supervised experiment's labelled anomalies next to the normal
-images, in the balanced batches of :mod:`viadk8s.data.supervised` (DevNet's recipe), turns half of
-the normal images into pseudo anomalies, and scores images only.
+images, in the batches of the official code (:mod:`viadk8s.data.supervised`): 5 reference normal
+images, then 32 normal images, then 16 labelled anomalies; each normal image (references included)
+becomes a pseudo anomaly with probability 0.5. It scores images only.
 
 Example:
     >>> from anomalib.engine import Engine
@@ -23,6 +25,8 @@ See Also:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
+from typing import ClassVar
 
 import torch
 from anomalib.data import Batch
@@ -33,9 +37,13 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import Dataset
 
+from viadk8s.data.supervised import BalancedBatches
 from viadk8s.models.devnet import DeviationLoss, DeviationTraining
+from viadk8s.models.devnet.lightning_model import OFFICIAL_BATCH, STEPS_PER_EPOCH
 
-from .torch_model import DraModel, dra_loss, pseudo_anomalies
+from .torch_model import NORMAL, DraModel, dra_loss, pseudo_anomalies
+
+REFERENCES = 5  # the official --nRef
 
 
 def choose_references(dataset: Dataset, count: int, seed: int) -> list[int]:
@@ -60,21 +68,27 @@ class Dra(DeviationTraining):
         scales: input scales, relative to the pre-processed image, whose head scores are averaged.
             Defaults to ``(1.0, 0.5)``.
         top_k: share of the feature-map positions averaged by the top-k heads. Defaults to ``0.1``.
-        num_references: normal training images whose mean features the composite head compares
-            with. Defaults to ``5``.
-        pseudo_probability: chance that a normal training image becomes a pseudo anomaly in a batch.
-            Defaults to ``0.5``.
+        pseudo_probability: chance that a normal training image (or reference image) becomes a
+            pseudo anomaly. Defaults to ``0.5``.
         margin: deviation-loss margin, in prior standard deviations. Defaults to ``5.0``.
         learning_rate: Adam's learning rate. Defaults to ``2e-4``.
         weight_decay: Adam's weight decay. Defaults to ``1e-5``.
-        seed: seeds the reference images, the pseudo anomalies and the deviation loss's reference
-            scores; ``None``: the seed torch was last given (the run seed, set by ``seed_everything``
-            before the model is built).
+        seed: seeds the evaluation's reference images, the pseudo anomalies and the deviation loss's
+            reference scores (the training batches, their references included, come from the
+            loader, seeded with the run seed); ``None``: the seed torch was last given (the run
+            seed, set by ``seed_everything`` before the model is built).
         pre_processor: resize and ImageNet normalisation (no crop). Defaults to ``True``.
         post_processor: Defaults to ``True``.
         evaluator: Defaults to ``True``.
         visualizer: Defaults to ``True``.
     """
+
+    # the official sampler: 2/3 of a batch normal (half of them become pseudo anomalies), 1/3 labelled
+    # anomalies; the reference images come from a second loader of normal images, ``REFERENCES`` a batch
+    balanced_batches: ClassVar[BalancedBatches | None] = BalancedBatches(
+        steps_per_epoch=STEPS_PER_EPOCH, batch_size=OFFICIAL_BATCH, normal_share=Fraction(2, 3), references=REFERENCES
+    )
+    decay_shift: ClassVar[int] = 1  # the official loop steps its StepLR before each epoch
 
     def __init__(
         self,
@@ -82,7 +96,6 @@ class Dra(DeviationTraining):
         pre_trained: bool = True,
         scales: Sequence[float] = (1.0, 0.5),
         top_k: float = 0.1,
-        num_references: int = 5,
         pseudo_probability: float = 0.5,
         margin: float = 5.0,
         learning_rate: float = 2e-4,
@@ -102,26 +115,43 @@ class Dra(DeviationTraining):
         self.seed = torch.initial_seed() if seed is None else seed
         self.model = DraModel(backbone=backbone, pre_trained=pre_trained, scales=scales, top_k=top_k)
         self.loss = DeviationLoss(margin=margin, seed=self.seed)
-        self.num_references = num_references
         self.pseudo_probability = pseudo_probability
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.pseudo_generator = torch.Generator().manual_seed(self.seed)
 
     def on_train_start(self) -> None:
-        """Fix the composite head's reference images for the whole run: drawn from the seed among
-        the normal training images, pre-processed like every batch."""
+        """The evaluation's reference set, fixed for the run: drawn as a training batch's are (normal
+        training images, pre-processed like every batch, each a pseudo anomaly with
+        ``pseudo_probability``), from the seed, among the normal training images sorted by path."""
         dataset = self.trainer.train_dataloader.dataset
         transform = self.pre_processor.transform if self.pre_processor else None
-        images = [dataset[i].image for i in choose_references(dataset, self.num_references, self.seed)]
+        images = [dataset[i].image for i in choose_references(dataset, REFERENCES, self.seed)]
         if transform is not None:
             images = [transform(image) for image in images]
-        self.model.set_references(torch.stack(images).to(self.device))
+        references = torch.stack(images)
+        normal = torch.full((len(references),), NORMAL)
+        references, _ = pseudo_anomalies(references, normal, self.pseudo_generator, self.pseudo_probability)
+        self.model.set_references(references.to(self.device))
+
+    def queries_and_references(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A training batch's query images, their labels (0 normal, 1 seen, 2 pseudo anomaly) and its
+        reference images: the batch's first ``REFERENCES`` images are its references (normal), the
+        rest the queries; every normal image of both becomes a pseudo anomaly with
+        ``pseudo_probability``."""
+        n = REFERENCES
+        if len(batch.image) <= n:
+            msg = f"a DRA batch starts with {n} reference images, then its queries: got {len(batch.image)} images"
+            raise RuntimeError(msg)
+        labels = batch.gt_label.long().clone()
+        labels[:n] = NORMAL
+        images, labels = pseudo_anomalies(batch.image, labels, self.pseudo_generator, self.pseudo_probability)
+        return images[n:], labels[n:], images[:n]
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Pseudo anomalies from the normal images, then the sum of the four heads' deviation losses."""
+        """The sum of the four heads' deviation losses on the batch's queries, against its references."""
         del args, kwargs  # These variables are not used.
-        images, labels = pseudo_anomalies(batch.image, batch.gt_label.long(), self.pseudo_generator, self.pseudo_probability)
-        loss = dra_loss(self.model(images), labels, self.loss)
+        queries, labels, references = self.queries_and_references(batch)
+        loss = dra_loss(self.model(queries, references), labels, self.loss)
         self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
         return {"loss": loss}

@@ -6,14 +6,16 @@ Paper:
     Venue: CVPR 2022
     URL: https://arxiv.org/abs/2203.14506
 
-A fine-tuned ResNet-18 (stage 4, two input scales) feeds four heads, each averaged over the scales:
+A fine-tuned ResNet-18 (stage 4, two input scales: the image and its nearest-neighbour half) feeds
+four heads, each averaged over the scales:
 
 * **holistic** (normality): global average pool -> FC 256 -> ReLU -> FC 1 -> |.|; high for normal images;
 * **seen** anomalies: a 1x1 top-k head (DevNet's), trained on normal vs the labelled anomalies;
 * **pseudo** anomalies: the same kind of head, trained on normal vs CutMix-style pasted patches of
   normal images (:func:`cut_paste`), which stand in for unseen kinds of defect;
-* **composite** (latent residual): the mean features of a fixed set of normal reference images
-  minus the query's, conv3x3 + BatchNorm + ReLU, then a top-k head.
+* **composite** (latent residual): the mean features of 5 reference images (normal images, some
+  turned into pseudo anomalies, as the official reference loader serves them) minus the query's,
+  conv3x3 + BatchNorm + ReLU, then a top-k head.
 
 Each head is trained with DevNet's deviation loss; the anomaly score is
 ``-holistic + seen + pseudo + composite``. Written from the paper and models.md (the official code
@@ -32,12 +34,17 @@ from anomalib.models.components.base import DynamicBufferMixin
 from torch import nn
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
-from viadk8s.models.devnet.torch_model import DeviationLoss, MultiScaleBackbone, TopKHead, top_k_mean
+from viadk8s.models.devnet.torch_model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeviationLoss,
+    MultiScaleBackbone,
+    TopKHead,
+    top_k_mean,
+)
 
 NORMAL, SEEN, PSEUDO = 0, 1, 2  # training labels: normal image, labelled anomaly, pseudo anomaly
 HEADS = ("holistic", "seen", "pseudo", "composite")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Box = tuple[int, int, int, int]  # top, left, height, width
 
@@ -71,9 +78,11 @@ class DraModel(DynamicBufferMixin, nn.Module):
     """DRA's network. In training mode the forward pass returns the four head scores ``(B, 4)``
     (order :data:`HEADS`); in eval mode an :class:`InferenceBatch` with the anomaly score only.
 
-    The reference images (pre-processed, ``(n, 3, H, W)``) are a buffer set once per fit (see the
-    Lightning module): in training they pass through the backbone with every batch, as the query
-    images do; in evaluation their mean features are computed once and kept until the mode changes.
+    Reference images (pre-processed, ``(n, 3, H, W)``): in training each batch brings its own (the
+    official code draws new ones for every batch), which pass through the backbone together with the
+    queries, as in the official code (its BatchNorm sees both). For evaluation one set is a buffer set
+    once per fit (see the Lightning module), whose mean features are computed once and kept until the
+    mode changes.
 
     Args:
         backbone: timm name of the ResNet. Defaults to ``"resnet18.tv_in1k"``.
@@ -102,7 +111,7 @@ class DraModel(DynamicBufferMixin, nn.Module):
         self._reference_features: list[torch.Tensor] | None = None
 
     def set_references(self, images: torch.Tensor) -> None:
-        """The normal reference images of the composite head, pre-processed like the queries."""
+        """The composite head's reference images for evaluation, pre-processed like the queries."""
         self.references = images.to(self.references.device)
         self._reference_features = None
 
@@ -111,21 +120,25 @@ class DraModel(DynamicBufferMixin, nn.Module):
         self._reference_features = None
         return super().train(mode)
 
-    def _features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _features(self, images: torch.Tensor, references: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per scale, the query features and the mean reference features."""
-        if self.references.ndim != 4 or len(self.references) == 0:
-            msg = "DRA has no reference images: set_references() before training or testing"
-            raise RuntimeError(msg)
-        n = len(self.references)
         if self.training:  # one pass, as in training the backbone's BatchNorm sees both
-            features = self.backbone(torch.cat([self.references, images]))
+            if references is None or len(references) == 0:
+                msg = "DRA trains with reference images: pass each batch's references"
+                raise RuntimeError(msg)
+            n = len(references)
+            features = self.backbone(torch.cat([references, images]))
             return [f[n:] for f in features], [f[:n].mean(dim=0) for f in features]
+        if self.references.ndim != 4 or len(self.references) == 0:
+            msg = "DRA has no reference images for evaluation: set_references() before testing"
+            raise RuntimeError(msg)
         if self._reference_features is None:
             self._reference_features = [f.mean(dim=0) for f in self.backbone(self.references)]
         return self.backbone(images), self._reference_features
 
-    def head_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """The four heads' scores ``(B, 4)``, each averaged over the scales."""
+    def head_scores(self, images: torch.Tensor, references: torch.Tensor | None = None) -> torch.Tensor:
+        """The four heads' scores ``(B, 4)``, each averaged over the scales; ``references``: the batch's
+        own in training (ignored in evaluation, which uses :meth:`set_references`'s)."""
         per_scale = [
             torch.stack(
                 [
@@ -136,12 +149,12 @@ class DraModel(DynamicBufferMixin, nn.Module):
                 ],
                 dim=1,
             )
-            for features, reference in zip(*self._features(images), strict=True)
+            for features, reference in zip(*self._features(images, references), strict=True)
         ]
         return torch.stack(per_scale).mean(dim=0)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor | InferenceBatch:
-        scores = self.head_scores(images)
+    def forward(self, images: torch.Tensor, references: torch.Tensor | None = None) -> torch.Tensor | InferenceBatch:
+        scores = self.head_scores(images, references)
         return scores if self.training else InferenceBatch(pred_score=anomaly_score(scores))
 
 
@@ -175,18 +188,20 @@ def _integer(generator: torch.Generator, low: int, high: int) -> int:
 
 
 def colour_jitter(patch: torch.Tensor, generator: torch.Generator, strength: float) -> torch.Tensor:
-    """Brightness, contrast and saturation x U(1 - s, 1 + s), hue + U(-s, s) (in [0, 1] images)."""
-    patch = TF.adjust_brightness(patch, _uniform(generator, 1 - strength, 1 + strength))
-    patch = TF.adjust_contrast(patch, _uniform(generator, 1 - strength, 1 + strength))
-    patch = TF.adjust_saturation(patch, _uniform(generator, 1 - strength, 1 + strength))
-    return TF.adjust_hue(patch, _uniform(generator, -strength, strength))
+    """Brightness, contrast and saturation x U(1 - s, 1 + s), hue + U(-s, s) (in [0, 1] images), in a
+    random order, as torchvision's ``ColorJitter`` (the official code's) applies them."""
+    factors = [_uniform(generator, 1 - strength, 1 + strength) for _ in range(3)] + [_uniform(generator, -strength, strength)]
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in torch.randperm(len(adjust), generator=generator).tolist():
+        patch = adjust[i](patch, factors[i])
+    return patch
 
 
 def cut_paste(
     image: torch.Tensor,
     generator: torch.Generator,
     area: tuple[float, float] = (0.02, 0.15),
-    aspect: tuple[float, float] = (0.3, 3.3),
+    aspect: tuple[float, float] = (0.3, 1 / 0.3),
     jitter: float = 0.1,
 ) -> tuple[torch.Tensor, Box]:
     """A pseudo anomaly: a box of the image, colour-jittered, pasted elsewhere in the same image.
