@@ -3,8 +3,9 @@ test images/s, at 128 and 256 px, each run a fresh ``viadk8s worker`` process on
 
 The cache's gain is measured in the same run: the mean training epoch after the first (cache on;
 the first fills it) against the mean uncached epoch, both from the result's ``timings.epoch_s``.
-A model without a ``cache_features`` switch (InReaCh: one epoch; DRA and DevNet fine-tune their
-backbone) is timed for one epoch.
+A model without a ``cache_features`` switch (InReaCh: one epoch; MMR: its training crops differ
+every epoch, so its teacher runs on every batch; DRA and DevNet fine-tune their backbone) is timed
+for one epoch.
 
     python benchmarks/models.py [--models simplenet,msflow,inreach,mmr,dra,devnet] [--sizes 128,256] [--epochs 3]
 """
