@@ -501,11 +501,13 @@ def test_existing_output_category_is_never_overwritten(tmp_path: Path) -> None:
         (("visa", "SRC", "DST", "--rule-split"), "--rule-split applies to realiad only, not to 'visa'"),
         (("realiad", "SRC", "DST", "--split-dir", "nope"), "realiad split folder 'nope' does not exist"),
         (("btad", "nope", "DST"), "btad source folder 'nope' does not exist"),
+        (("realiad", ".", "DST"), "realiad source '.' is the Real-IAD folder; pass one of its image folders: realiad_256"),
     ],
 )
 def test_cli_bad_input_is_one_line(cli, tmp_path: Path, args: tuple[str, ...], message: str) -> None:  # noqa: ANN001
     (tmp_path / "SRC").mkdir()
     _realiad_class(tmp_path / "SRC", "usb")
+    (tmp_path / "realiad_256").mkdir()
     done = cli("datasets", "convert", *args)
     assert done.returncode == 2, done.stdout + done.stderr
     (line,) = done.stderr.strip().splitlines()

@@ -8,8 +8,9 @@
     <dst>/<category>/ground_truth/<defect>/<image stem>_mask.png
     <dst>/<category>/convert.json        (provenance: kind, source, split source, linked/copied counts)
 
-One module per source (its docstring describes the published layout and where the split comes
-from): ``btad``, ``visa``, ``realiad``, ``sensum_sodf``, ``aebad``, ``viaduct``, ``mvtec_loco``.
+One module per source, its docstring describing the published layout and where the split comes
+from: ``btad``, ``visa``, ``realiad``, ``sensum`` (sensum_sodf), ``aebad``, ``mvtec`` (viaduct and
+mvtec_loco); ``common`` holds what they share.
 A converter first reads the whole source into a plan (nothing is written if the source is not the
 expected tree or its split file is missing), then each category is written in a temporary folder
 beside it and renamed into place; if anything fails, what this call wrote is removed. An existing

@@ -102,8 +102,11 @@ def _by_rule(root: Path) -> list[Item]:
 
 def realiad(src: Path, options: Options) -> Plan:
     image_folders = [str(d) for d in subfolders(src) if d.name.startswith("realiad_") and not d.name.startswith(ARCHIVE_FOLDER)]
-    hint = f" (pass an image folder: {', '.join(image_folders)})" if image_folders else ""
-    classes = kept_classes("realiad", src, lambda c: (c / "OK").is_dir(), f"<class>/OK/<sample>/*.jpg{hint}")
+    if image_folders:
+        raise SpecError(
+            f"realiad source {str(src)!r} is the Real-IAD folder; pass one of its image folders: {', '.join(image_folders)}"
+        )
+    classes = kept_classes("realiad", src, lambda c: (c / "OK").is_dir(), "<class>/OK/<sample>/*.jpg")
     folders = _split_folders(src, options)
     plan: Plan = {}
     for cat in classes:
