@@ -17,7 +17,7 @@ CONTAINER ?= $(shell if docker info >/dev/null 2>&1; then echo docker; elif comm
 BUILD_CACHE ?= $(HOME)/.cache/viadk8s
 PODMAN_BUILD_OPTS = --isolation chroot --network host $(shell $(PYTHON) scripts/pip-build-opts.py $(BUILD_CACHE)/pip)
 
-.PHONY: install lock tools demo test lint image base-image image-local image-test bench clean
+.PHONY: install lock tools demo test lint image base-image image-local image-test kube-up kube-down bench clean
 
 ## Everything from the lock (exact versions), then viadk8s itself; `make lock` rewrites the lock.
 $(STAMP): pyproject.toml requirements-dev.lock
@@ -67,6 +67,15 @@ image-local:
 ## A rendered Job's pod run in that image under its security context, against local S3 and MLflow.
 image-test: install image-local
 	VIADK8S_TEST_IMAGE=$(LOCAL_IMAGE) $(BIN)/python -m pytest -q tests/test_image_pod.py
+
+## A real single-node Kubernetes on 127.0.0.1 with the worker image on its node (README "A cluster on this
+## machine"; needs root, Debian's etcd-server containerd runc containernetworking-plugins, and KUBE_BIN_DIR).
+kube-up: image-local
+	scripts/kube.sh up
+	scripts/kube.sh load $(LOCAL_IMAGE)
+
+kube-down:
+	scripts/kube.sh down
 
 ## Every benchmark, one table (benchmarks/bench.py; BENCH_OUT names a file that gets it too).
 BENCH_OUT ?= viadk8s-runs/bench.md

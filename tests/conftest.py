@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cluster import Kube, kube_cluster, missing_binaries
 from tests.servers import MlflowServer, S3Server, mlflow_server, seaweedfs
 
 TINY = {"categories": ["tiles", "fabric"], "n_train": 10, "n_test_good": 6, "n_test_bad": 6, "size": 64}
@@ -81,3 +82,22 @@ def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)
     return s3.env
+
+
+# A real single-node Kubernetes (tests.cluster): one per session, always torn down.
+
+
+def missing(reason: str) -> None:
+    """Skip a test whose infrastructure is absent, naming how to get it; under CI=true, fail instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[Kube]:
+    reason = missing_binaries()
+    if reason:
+        missing(reason)
+    with kube_cluster() as cluster:
+        yield cluster

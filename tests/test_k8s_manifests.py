@@ -566,6 +566,7 @@ def test_nightly_workflow_submits_waits_compares_and_uploads() -> None:
     (job,) = workflow["jobs"].values()
     scripts = "\n".join(step.get("run", "") for step in job["steps"])
     assert "viadk8s submit" in scripts and "--wait" in scripts
+    assert "make install" in scripts and "pip install" not in scripts  # the lock's exact versions, as `make install`
     assert "--compare" in scripts and "--tolerance" in scripts
     assert any(step.get("uses", "").startswith("actions/upload-artifact") for step in job["steps"])
     assert "${{" not in scripts, "expressions reach scripts through env, never spliced into them"

@@ -209,6 +209,11 @@ class ClusterSettings(_Settings):
     )
     scheduling: Scheduling = Scheduling()
     queue: DnsName | None = Field(default=None, description="Kueue LocalQueue: Jobs are created suspended and labelled for it")
+    host_network: bool = Field(
+        default=False,
+        description="pods share the node's network: only for single-node clusters without a pod network "
+        "(scripts/kube.sh), where S3 and MLflow listen on the node's 127.0.0.1; outside the restricted profile",
+    )
     cache: Volume = Volume()
     weights: Volume = Volume()
     secrets: Secrets = Secrets()

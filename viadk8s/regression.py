@@ -1,7 +1,7 @@
 """Compare a sweep's results with a stored baseline: the nightly benchmark's regression gate.
 
 The baseline is a ``runs.csv`` as ``viadk8s aggregate --out DIR`` writes it (one raw row per run),
-kept in the repository. Both sides are reduced as the paper's tables are (mean over seeds per
+kept in the repository or in the object store (``s3://BUCKET/KEY``, e.g. for the chart's nightly CronJob). Both sides are reduced as the paper's tables are (mean over seeds per
 category, then the unweighted mean over a dataset's categories) for each model and setting, and
 every metric is compared in points (x100): a drop of more than ``tolerance`` points, or a baseline
 value with no current counterpart, is a regression.
@@ -9,6 +9,7 @@ value with no current counterpart, is a regression.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ import pandas as pd
 
 from viadk8s.aggregate import runs_frame
 from viadk8s.catalog import METRICS
+from viadk8s.config import S3Settings
 from viadk8s.errors import SpecError, one_of
 from viadk8s.results import RunResult
+from viadk8s.store import open_store
 
 #: What identifies a compared cell: the model, the dataset and the setting that changes results.
 KEYS = ("model", "dataset", "image_size", "weights", "epochs", "variant")
@@ -48,12 +51,18 @@ def per_dataset(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     return per_category.groupby(list(KEYS))[list(metrics)].mean() * 100
 
 
-def read_baseline(path: Path) -> pd.DataFrame:
-    """A baseline ``runs.csv``; a missing file or column is a one-line error."""
+def read_baseline(source: str | Path, s3: S3Settings | None = None) -> pd.DataFrame:
+    """A baseline ``runs.csv`` from a path or ``s3://BUCKET/KEY``; a missing file or column is a one-line error."""
+    source = str(source)
+    path: str | io.BytesIO = source
     try:
+        if source.startswith("s3://"):
+            folder, _, key = source.rpartition("/")
+            settings = s3 or S3Settings()
+            path = io.BytesIO(open_store(folder, settings.addressing_style, settings.max_attempts).read_bytes(key))
         frame = pd.read_csv(path, dtype={"category": str, "dataset": str, "model": str, "weights": str, "variant": str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise SpecError(f"cannot read baseline {str(path)!r}: {err}") from None
+        raise SpecError(f"cannot read baseline {source!r}: {err}") from None
     missing = [c for c in (*KEYS, "category") if c not in frame.columns]
     if missing:
         raise SpecError(
@@ -85,8 +94,10 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, metrics: Sequence[str
     return regressions
 
 
-def check(baseline_csv: Path, results: Sequence[RunResult], metrics: Sequence[str], tolerance: float) -> list[Regression]:
+def check(
+    baseline: str | Path, results: Sequence[RunResult], metrics: Sequence[str], tolerance: float, s3: S3Settings | None = None
+) -> list[Regression]:
     """The regressions of ``results`` against a baseline ``runs.csv`` (empty: no regression)."""
     if not results:
         raise SpecError("no finished run to compare with the baseline")
-    return compare(read_baseline(baseline_csv), runs_frame(results), metrics, tolerance)
+    return compare(read_baseline(baseline, s3), runs_frame(results), metrics, tolerance)

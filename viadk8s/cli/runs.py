@@ -180,7 +180,9 @@ def aggregate(
     format: Annotated[str, typer.Option("--format", help="md, csv or latex")] = "md",
     out: Annotated[Path | None, typer.Option(help="write the tables, plots and runs.csv into this folder")] = None,
     metrics: Annotated[str | None, typer.Option(help="comma-separated metrics (default: the experiment's)")] = None,
-    compare: Annotated[Path | None, typer.Option(help="a baseline runs.csv: exit 1 on a regression")] = None,
+    compare: Annotated[
+        str | None, typer.Option(help="a baseline runs.csv (path or s3://BUCKET/KEY): exit 1 on a regression")
+    ] = None,
     tolerance: Annotated[float, typer.Option(help="with --compare: points (x100) a metric may drop")] = 1.0,
     ci: Annotated[bool, typer.Option("--ci", help="show bootstrap intervals: 91.4 [88.0, 94.3]")] = False,
     per_defect: Annotated[bool, typer.Option("--per-defect", help="add the per-defect-type table")] = False,
@@ -200,7 +202,8 @@ def aggregate(
     if experiment:
         catalog.experiment(experiment)
     points = tuple(stats.OperatingPoint.parse(p) for p in operating_point or []) or stats.DEFAULT_POINTS
-    opened = load_config(config, store=store).open_store()
+    cfg = load_config(config, store=store)
+    opened = cfg.open_store()
     results = load_results(opened, sweep_id=sweep, experiment=experiment)
     if not results:
         raise SpecError(f"no finished run in {'sweep ' + repr(sweep) if sweep else 'experiment ' + repr(experiment)}")
@@ -222,7 +225,7 @@ def aggregate(
         for path in written:
             err_console.print(f"wrote {path}", highlight=False)
     if compare:
-        regressions = check(compare, results, chosen, tolerance)
+        regressions = check(compare, results, chosen, tolerance, cfg.s3)
         for regression in regressions:
             err_console.print(f"regression: {regression}", highlight=False, markup=False)
         if regressions:

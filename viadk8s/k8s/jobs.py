@@ -136,6 +136,8 @@ class RunStatus:
     dataset: str
     state: State
     reason: str = ""
+    #: seconds from the Job's start to its completion (or until now while it runs); None before it starts
+    duration_s: float | None = None
 
 
 @dataclass
@@ -177,6 +179,16 @@ def _waiting(pod: client.V1Pod) -> str:
         if condition.type == "PodScheduled" and condition.status == "False":
             return f"{condition.reason}: {condition.message}" if condition.message else str(condition.reason)
     return "pod pending"
+
+
+def job_duration(job: client.V1Job, now: datetime | None = None) -> float | None:
+    """Seconds the Job has run: start to completion (or to the last failure, or to now)."""
+    status = job.status or client.V1JobStatus()
+    if status.start_time is None:
+        return None
+    failed = [c.last_transition_time for c in status.conditions or [] if c.type == "Failed" and c.status == "True"]
+    end = status.completion_time or (failed[0] if failed else None) or now or datetime.now(UTC)
+    return max((end - status.start_time).total_seconds(), 0.0)
 
 
 def job_state(job: client.V1Job, pods: list[client.V1Pod]) -> tuple[State, str]:
@@ -228,6 +240,7 @@ def sweep_status(cluster: Cluster, sweep_id: str | None = None) -> SweepStatus:
                 dataset=labels.get(f"{LABEL_PREFIX}dataset", ""),
                 state=state,
                 reason=reason,
+                duration_s=job_duration(job),
             )
         )
     return SweepStatus(cluster.namespace, runs)
@@ -256,7 +269,8 @@ def wait(
 
 
 def run_logs(cluster: Cluster, run_key: str, sweep_id: str | None = None, tail: int | None = None) -> tuple[str, str]:
-    """The worker log of a run's newest pod: (pod name, text)."""
+    """The worker log of a run's newest pod: (pod name, text); a pod whose container has not
+    started has no log yet, which is said in one line (the API server answers 400 or nothing)."""
     if not _RUN_KEY.match(run_key):
         raise SpecError(f"run key {run_key!r} is not allowed; allowed: the 16 hex digits shown by `viadk8s plan` or `status`")
     selector = f"{sweep_selector(sweep_id)},{LABEL_PREFIX}run-key={run_key}"
@@ -268,6 +282,8 @@ def run_logs(cluster: Cluster, run_key: str, sweep_id: str | None = None, tail: 
         )
     pod = max(pods, key=_created)
     name = pod.metadata.name
+    if not _started(pod):
+        raise SpecError(f"run {run_key}: pod {name} has not started yet ({_waiting(pod)}); no log to show")
     text = cluster.call(
         f"read the log of pod {name}",
         cluster.core.read_namespaced_pod_log,
@@ -276,7 +292,15 @@ def run_logs(cluster: Cluster, run_key: str, sweep_id: str | None = None, tail: 
         container="worker",
         tail_lines=tail,
     )
-    return name, text
+    return name, text or ""
+
+
+def _started(pod: client.V1Pod) -> bool:
+    """Whether the worker container has run (running or terminated): only then is there a log."""
+    for status in (pod.status and pod.status.container_statuses) or []:
+        if status.name == "worker" and status.state and (status.state.running or status.state.terminated):
+            return True
+    return False
 
 
 def cancel(cluster: Cluster, sweep_id: str) -> list[str]:

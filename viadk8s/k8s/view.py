@@ -25,14 +25,26 @@ def submit_lines(report: SubmitReport) -> list[str]:
     return lines
 
 
+def _duration(seconds: float) -> str:
+    """'45s', '12m05s', '3h02m': a Job's run time at a glance."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def status_view(status: SweepStatus) -> RenderableType:
     """Counts and a bar of finished runs first (a live view crops at the screen's height), then the runs, failed first."""
     counts = status.counts()
     table = Table(title=f"namespace {status.namespace}: {len(status.runs)} runs")
-    for column in ("sweep", "run_key", "model", "dataset", "state", "reason"):
+    for column in ("sweep", "run_key", "model", "dataset", "state", "duration", "reason"):
         table.add_column(column, overflow="fold")
     for run in sorted(status.runs, key=lambda r: (ORDER[r.state], r.sweep, r.job)):
-        table.add_row(run.sweep, run.run_key, run.model, run.dataset, Text(run.state, style=STYLES[run.state]), Text(run.reason))
+        duration = "" if run.duration_s is None else _duration(run.duration_s)
+        state = Text(run.state, style=STYLES[run.state])
+        table.add_row(run.sweep, run.run_key, run.model, run.dataset, state, duration, Text(run.reason))
     finished = counts["succeeded"] + counts["failed"]
     summary = Text(", ".join(f"{n} {state}" for state, n in counts.items()) + f" ({finished}/{len(status.runs)} finished)")
     header = Table.grid(padding=(0, 2))

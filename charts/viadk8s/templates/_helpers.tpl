@@ -53,10 +53,14 @@ app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- if and .Values.credentials.s3.existingSecret (not (hasKey $cluster "secrets")) -}}
 {{- $_ := set $cluster "secrets" (dict "env_from" (list .Values.credentials.s3.existingSecret)) -}}
 {{- end -}}
+{{- if and .Values.hostNetwork (not (hasKey $cluster "host_network")) -}}
+{{- $_ := set $cluster "host_network" true -}}
+{{- end -}}
 {{- $_ := set $config "cluster" $cluster -}}
 {{- $mlflow := $config.mlflow | default dict -}}
 {{- if and .Values.mlflow.enabled (not $mlflow.tracking_uri) -}}
-{{- $_ := set $mlflow "tracking_uri" (printf "http://%s.%s.svc:%d" (include "viadk8s.mlflowService" .) .Release.Namespace (int .Values.mlflow.port)) -}}
+{{- $host := ternary "127.0.0.1" (printf "%s.%s.svc" (include "viadk8s.mlflowService" .) .Release.Namespace) .Values.hostNetwork -}}
+{{- $_ := set $mlflow "tracking_uri" (printf "http://%s:%d" $host (int .Values.mlflow.port)) -}}
 {{- end -}}
 {{- $_ := set $config "mlflow" $mlflow -}}
 {{- if not $config.store -}}
@@ -83,4 +87,21 @@ capabilities:
   drop: ["ALL"]
 seccompProfile:
   type: RuntimeDefault
+{{- end -}}
+
+{{/* Pod-level network settings: the node's network on single-node clusters without a pod network. */}}
+{{- define "viadk8s.podNetwork" -}}
+{{- if .Values.hostNetwork }}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
+{{- end -}}
+
+{{/* MLflow's health check; on the node's network it listens on 127.0.0.1 only. */}}
+{{- define "viadk8s.mlflowHealth" -}}
+path: /health
+port: http
+{{- if .Values.hostNetwork }}
+host: 127.0.0.1
+{{- end }}
 {{- end -}}

@@ -1,0 +1,118 @@
+"""What a Job costs on a real Kubernetes (scripts/kube.sh's single node), against SeaweedFS on 127.0.0.1.
+
+Measured in this run, for ``runs`` PaDiM runs (64 px, random weights) submitted at once with
+``viadk8s submit``, the worker image already on the node, ``gpus`` GPUs advertised (so that many
+pods run at a time):
+* seconds from the start of ``submit`` to the first pod Running;
+* per-run overhead: the pod's wall time (created to container finished) minus the worker's own
+  fit + test time from its ``result.json`` (imports, data, scoring, artifacts, scheduling);
+* the sweep's wall time (submit to the last Job complete) against the same sweep with
+  ``viadk8s run --jobs gpus`` on this machine (target ratio <= 1.5: a pod per run may cost that much).
+
+    python benchmarks/cluster.py [--runs 4] [--gpus 2]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from table import Row, figure_row, ratio_row, run_alone
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.cluster/servers: what the tests use
+
+from tests.cluster import Kube, kube_cluster, missing_binaries  # noqa: E402
+from tests.servers import BUCKET, seaweedfs  # noqa: E402
+from viadk8s.results import parse_result  # noqa: E402
+from viadk8s.store import open_store  # noqa: E402
+
+IMAGE = os.environ.get("VIADK8S_TEST_IMAGE", "localhost/viadk8s:local")
+NAMESPACE = "bench"
+
+
+def _viadk8s(args: list[str], env: dict[str, str], cwd: Path) -> float:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "viadk8s", *args], env=env, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"viadk8s {' '.join(args)}: {done.stderr[-1500:]}")
+    return time.perf_counter() - started
+
+
+def _time(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _watch(kube: Kube, started: float, runs: int) -> tuple[float, float, list[dict[str, Any]]]:
+    """Poll until every Job completed: (first pod Running, all complete) in seconds after ``started``."""
+    first_running = None
+    while True:
+        pods = kube.json("pods", "-n", NAMESPACE)["items"]
+        if first_running is None and any(p["status"].get("phase") in ("Running", "Succeeded") for p in pods):
+            first_running = time.perf_counter() - started
+        jobs = kube.json("jobs", "-n", NAMESPACE)["items"]
+        if len(jobs) == runs and all(j["status"].get("succeeded") for j in jobs):
+            return first_running or 0.0, time.perf_counter() - started, pods
+        if any(j["status"].get("failed") for j in jobs):
+            raise RuntimeError(f"a benchmark Job failed: {kube.kubectl('get', 'pods', '-n', NAMESPACE)}")
+        time.sleep(0.2)
+
+
+def measure(runs: int = 4, gpus: int = 2) -> list[Row]:
+    reason = missing_binaries()
+    if reason or subprocess.run(["podman", "image", "exists", IMAGE], check=False).returncode:
+        return [{"name": "cluster: not measured", "met": False, "note": reason or f"no image {IMAGE}: make image-local"}]
+    seeds = ",".join(str(s) for s in range(1, runs // 2 + 1))
+    selection = ["--experiment", "evaluation", "--models", "padim", "--datasets", "tiny", "--seeds", seeds]
+    selection += ["--image-size", "64", "--weights", "random"]
+    tiny = {"synthetic": {"categories": ["tiles", "fabric"], "n_train": 10, "n_test_good": 6, "n_test_bad": 6, "size": 64}}
+    root = Path(tempfile.mkdtemp(prefix="viadk8s-bench-cluster-"))
+    os.environ["KUBE_GPUS"] = str(gpus)
+    with seaweedfs(root / "s3") as s3, kube_cluster() as kube:
+        kube.load_image(IMAGE)
+        kube.kubectl("create", "namespace", NAMESPACE)
+        secret = [f"--from-literal={k}={v}" for k, v in {**s3.env, "AWS_ENDPOINT_URL": s3.endpoint}.items()]
+        kube.kubectl("-n", NAMESPACE, "create", "secret", "generic", "s3", *secret)
+        cluster = {
+            "namespace": NAMESPACE,
+            "image": IMAGE,
+            "image_pull_policy": "Never",
+            "host_network": True,
+            "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "3Gi"}},
+            "shm_size": "256Mi",
+            "secrets": {"env_from": ["s3"]},
+        }
+        config = {"store": f"s3://{BUCKET}/bench", "s3": {"addressing_style": "path"}, "datasets": {"tiny": tiny}}
+        (root / "cluster.yaml").write_text(yaml.safe_dump({**config, "cluster": cluster}))
+        (root / "local.yaml").write_text(yaml.safe_dump({"store": str(root / "local"), "datasets": {"tiny": tiny}}))
+        env = {**os.environ, **s3.env, "KUBECONFIG": str(kube.kubeconfig)}
+        started = time.perf_counter()
+        _viadk8s(["submit", *selection, "--sweep", "bench", "--config", str(root / "cluster.yaml")], env, root)
+        first, wall, pods = _watch(kube, started, runs)
+        store = open_store(f"s3://{BUCKET}/bench", "path")
+        overheads = []
+        for pod in pods:
+            key = pod["metadata"]["labels"]["viadk8s.io/run-key"]
+            (result_key,) = [k for k in store.list("runs/bench/") if k.endswith(f"{key}/result.json")]
+            result = parse_result(store.read_bytes(result_key))
+            finished = pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
+            pod_wall = _time(finished) - _time(pod["metadata"]["creationTimestamp"])
+            overheads.append(pod_wall - result.timings.fit_s - result.timings.test_s)
+        local = _viadk8s(["run", *selection, "--sweep", "bench", "--jobs", str(gpus), "--config", str(root / "local.yaml")], env, root)
+    note = f"{runs} PaDiM runs, 64 px, {gpus} at a time; image on the node"
+    return [
+        figure_row("cluster: submit to the first pod Running (s)", first, note),
+        figure_row("cluster: per-run overhead, pod wall minus fit+test (s, mean)", sum(overheads) / len(overheads), json.dumps([round(o, 1) for o in overheads])),
+        ratio_row("cluster: sweep wall, submit to all Jobs complete (s)", f"viadk8s run --jobs {gpus}", local, wall, 1.5, note),
+    ]
+
+
+if __name__ == "__main__":
+    run_alone(measure, __doc__)
