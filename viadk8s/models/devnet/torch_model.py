@@ -13,7 +13,8 @@ standard normal prior: normal images are pulled to the prior mean, labelled anom
 least ``margin`` prior standard deviations above it.
 
 The pieces DRA shares (deviation loss, top-k scoring head, multi-scale backbone) live here. Written
-from the paper and models.md (the official image repository has no licence); anomalib's
+from the paper, models.md and a reading of the official code (the image repository has no licence:
+nothing copied); anomalib's
 ``TimmFeatureExtractor`` is the backbone.
 """
 

@@ -18,8 +18,8 @@ four heads, each averaged over the scales:
   conv3x3 + BatchNorm + ReLU, then a top-k head.
 
 Each head is trained with DevNet's deviation loss; the anomaly score is
-``-holistic + seen + pseudo + composite``. Written from the paper and models.md (the official code
-is AGPL-3.0: nothing copied); the deviation loss, top-k head and backbone are DevNet's
+``-holistic + seen + pseudo + composite``. Written from the paper, models.md and a reading of the
+official code (AGPL-3.0: nothing copied); the deviation loss, top-k head and backbone are DevNet's
 (:mod:`viadk8s.models.devnet.torch_model`).
 """
 
