@@ -51,10 +51,11 @@ def test_every_batch_is_half_anomalies_for_a_fixed_number_of_steps() -> None:
         (48, Fraction(2, 3), 5, (5, 32, 16)),  # DRA's: 2 * 48 // 3 normal, 5 references ahead
         (16, Fraction(2, 3), 5, (5, 10, 6)),  # floor(32 / 3) = 10
         (2, Fraction(2, 3), 1, (1, 1, 1)),  # floor(4 / 3) = 1
+        (48, 2 / 3, 0, (0, 32, 16)),  # a float share: 48 * 0.666... is 31.99999..., read as 2/3
     ],
 )
 def test_composition_follows_the_normal_share_and_references(
-    batch_size: int, share: Fraction, references: int, counts: tuple[int, int, int]
+    batch_size: int, share: Fraction | float, references: int, counts: tuple[int, int, int]
 ) -> None:
     n_references, n_normal, n_anomalous = counts
     for batch in BalancedBatchSampler(LABELS, batch_size, 3, seed=1, normal_share=share, references=references):

@@ -48,7 +48,7 @@ class BalancedBatches:
 
     steps_per_epoch: int = 20
     batch_size: int | None = None
-    normal_share: Fraction = Fraction(1, 2)
+    normal_share: Fraction | float = Fraction(1, 2)
     references: int = 0
 
 
@@ -93,7 +93,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
         batch_size: int,
         steps_per_epoch: int,
         seed: int,
-        normal_share: Fraction = Fraction(1, 2),
+        normal_share: Fraction | float = Fraction(1, 2),
         references: int = 0,
     ) -> None:
         labels = np.asarray(labels)
@@ -110,7 +110,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
                 f"need 0 < normal_share < 1, steps_per_epoch >= 1, references >= 0: {normal_share}, "
                 f"{steps_per_epoch}, {references}"
             )
-        self.n_normal = math.floor(batch_size * Fraction(normal_share))
+        self.n_normal = math.floor(batch_size * Fraction(normal_share).limit_denominator(1000))  # 2/3 given as a float too
         self.n_anomalous = batch_size - self.n_normal
         if self.n_normal < 1 or self.n_anomalous < 1:
             raise SpecError(
