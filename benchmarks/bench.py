@@ -22,7 +22,7 @@ from pathlib import Path
 
 from table import Row, markdown
 
-BENCHMARKS = ["data", "coreset", "patchcore", "aggregation", "staging", "overhead", "models"]
+BENCHMARKS = ["data", "coreset", "patchcore", "aggregation", "staging", "overhead", "models", "cluster"]
 
 
 def run(name: str) -> list[Row]:

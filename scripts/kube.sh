@@ -271,9 +271,11 @@ down() {
   stop containerd
   for pid in $(pgrep -f "containerd-shim.*$CRI/" || true); do kill -KILL "$pid" 2>/dev/null || true; done
   for n in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$n"; done
-  awk '{print $2}' /proc/mounts | grep "^$KUBE_HOME/" | sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
+  { awk '{print $2}' /proc/mounts | grep "^$KUBE_HOME/" || true; } | sort -r | while read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m"
+  done
   for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/kubepods.slice /sys/fs/cgroup/kubepods /sys/fs/cgroup/kubepods.slice; do
-    [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
+    if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; fi
   done
   if [ -f "$RUN/sysctl-before.txt" ]; then
     while read -r kv; do sysctl -q -w "$kv" || echo "kube.sh: could not restore $kv" >&2; done < "$RUN/sysctl-before.txt"

@@ -144,13 +144,23 @@ def kube_cluster(home: Path | None = None) -> Iterator[Kube]:
     before = kernel_settings()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        _script("up", home=home)
-        yield Kube(home, home / "run" / "admin.kubeconfig")
+        with _torn_down(home, before):
+            yield Kube(home, home / "run" / "admin.kubeconfig")
     finally:
-        try:
-            _script("down", home=home)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _torn_down(home: Path, before: dict[str, str]) -> Iterator[None]:
+    try:
+        _script("up", home=home)  # a failing `up` tears down what it started, and nothing it did not
+    except KeyboardInterrupt:  # interrupted half-way: the script was killed before its own teardown
+        _script("down", home=home)
+        raise
+    try:
+        yield
+    finally:
+        _script("down", home=home)
         after = kernel_settings()
         if after != before:
             raise RuntimeError(f"the kernel settings were not restored: before {before}, after {after}")
