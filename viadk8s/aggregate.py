@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,23 +120,44 @@ def with_methods(frame: pd.DataFrame, axis: str | None) -> pd.DataFrame:
     return frame.sort_values(["_order", "method"], kind="stable")
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """One cell's number (0..1): the mean over seeds, their spread, and with bootstrap replicates
+    the percentile interval of that mean."""
+
+    mean: float
+    std: float
+    seeds: int
+    interval: tuple[float, float] | None
+
+
+def estimate(values: pd.DataFrame, metric: str, confidence: float | None = None) -> Estimate | None:
+    """``metric`` of per-seed ``values`` (rows with ``resample`` >= 0 are bootstrap replicates, used
+    with ``confidence``); ``None`` when no seed has it."""
+    point = values[values["resample"] < 0] if "resample" in values else values
+    column = point[metric].astype(float)
+    if column.isna().all():
+        return None
+    replicas = values.loc[values["resample"] >= 0, ["resample", metric]].dropna() if confidence else None
+    interval = None
+    if replicas is not None and not replicas.empty:
+        interval = stats.percentile_interval(replicas.groupby("resample")[metric].mean().to_numpy(), confidence)
+    return Estimate(float(column.mean()), float(column.std(ddof=0)), int(column.count()), interval)
+
+
 def _cell(values: pd.DataFrame, metrics: Sequence[str], confidence: float | None = None) -> str:
     """'95.1/76.9' from per-seed values; '95.1±0.3/…' when there are several seeds. With
     ``confidence`` (rows with ``resample`` >= 0 hold bootstrap replicates): '95.1 [93.0, 97.2]', the
     percentile interval of the replicates' mean over seeds."""
-    point = values[values["resample"] < 0] if "resample" in values else values
     parts = []
     for metric in metrics:
-        column = point[metric].astype(float)
-        if column.isna().all():
+        found = estimate(values, metric, confidence)
+        if found is None:
             parts.append(MISSING)
             continue
-        mean = 100 * column.mean()
-        text = f"{mean:.1f}±{100 * column.std(ddof=0):.1f}" if column.count() > 1 else f"{mean:.1f}"
-        replicas = values.loc[values["resample"] >= 0, ["resample", metric]].dropna() if confidence else None
-        if replicas is not None and not replicas.empty:
-            low, high = stats.percentile_interval(replicas.groupby("resample")[metric].mean().to_numpy(), confidence)
-            text += f" [{100 * low:.1f}, {100 * high:.1f}]"
+        text = f"{100 * found.mean:.1f}±{100 * found.std:.1f}" if found.seeds > 1 else f"{100 * found.mean:.1f}"
+        if found.interval:
+            text += f" [{100 * found.interval[0]:.1f}, {100 * found.interval[1]:.1f}]"
         parts.append(text)
     return "/".join(parts)
 
@@ -154,7 +176,7 @@ def _pivot(
     return table
 
 
-def _abbrev(metric: str) -> str:
+def abbrev(metric: str) -> str:
     level, name = metric.split("_", 1)
     return f"{'im' if level == 'image' else 'pix'}.{name}"
 
@@ -163,6 +185,24 @@ def _check(metrics: Sequence[str]) -> None:
     for metric in metrics:
         if metric not in catalog.METRICS:
             raise one_of("metric", metric, catalog.METRICS)
+
+
+def with_replicas(frame: pd.DataFrame, resampled: pd.DataFrame | None) -> pd.DataFrame:
+    """:func:`runs_frame` rows (``resample`` -1) and each run's bootstrap replicates of its image
+    metrics (:func:`resampled_frame`; pixel metrics have none)."""
+    if resampled is None:
+        return frame
+    replicas = frame.drop(columns=list(catalog.METRICS)).merge(resampled, on="run_key")
+    return pd.concat([frame.assign(resample=-1), replicas], ignore_index=True)
+
+
+def category_means(frame: pd.DataFrame, axis: str | None, metrics: Sequence[str]) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
+    """The protocol's first two means: per category, then the unweighted mean per dataset, kept
+    apart per method, axis value, seed (and replicate); returns those keys and both frames."""
+    keys = ["method", *([axis] if axis else []), "seed", *(["resample"] if "resample" in frame else [])]
+    per_category = frame.groupby([*keys, "dataset", "category"], sort=False)[list(metrics)].mean().reset_index()
+    per_dataset = per_category.groupby([*keys, "dataset"], sort=False)[list(metrics)].mean().reset_index()
+    return keys, per_category, per_dataset
 
 
 def tables(
@@ -182,24 +222,19 @@ def tables(
         raise SpecError("no finished run to aggregate")
     summary_metrics = list(summary_metrics or metrics)
     _check([*metrics, *summary_metrics])
-    frame = runs_frame(results)
-    if resampled is not None:
-        replicas = frame.drop(columns=list(catalog.METRICS)).merge(resampled, on="run_key")  # pixel metrics: no replicas
-        frame = pd.concat([frame.assign(resample=-1), replicas], ignore_index=True)
+    frame = with_replicas(runs_frame(results), resampled)
     if axis is not None and frame[axis].nunique() < 2:
         axis = None  # a sweep narrowed to one value of its axis reads best as the plain table
     frame = with_methods(frame, axis)
-    keys = ["method", *([axis] if axis else []), "seed", *(["resample"] if resampled is not None else [])]
     shown = confidence if resampled is not None else None
     wanted = sorted(set(metrics) | set(summary_metrics), key=catalog.METRICS.index)
-    per_category = frame.groupby([*keys, "dataset", "category"], sort=False)[wanted].mean().reset_index()
-    per_dataset = per_category.groupby([*keys, "dataset"], sort=False)[wanted].mean().reset_index()
+    keys, per_category, per_dataset = category_means(frame, axis, wanted)
     datasets = list(dict.fromkeys(per_dataset["dataset"]))
     apart = [d for d in datasets if d.split("+")[0] in separate]
     averaged = [d for d in datasets if d not in apart]
     mean = per_dataset[per_dataset["dataset"].isin(averaged)].groupby(keys, sort=False)[wanted].mean().reset_index()
     with_mean = pd.concat([per_dataset, mean.assign(dataset=MEAN_COLUMN)]) if len(averaged) > 1 else per_dataset
-    index_name = "/".join(_abbrev(m) for m in metrics)
+    index_name = "/".join(abbrev(m) for m in metrics)
     if axis is None:
         per_category["column"] = per_category["dataset"] + "/" + per_category["category"]
         datasets_order, categories_order = list(dict.fromkeys(with_mean["dataset"])), list(dict.fromkeys(per_category["column"]))
@@ -221,7 +256,7 @@ def tables(
             "summary": _pivot(summary, ["method"], "column", summary_metrics, summary_columns, shown),
             "per_category": _pivot(per_category, ["method", "dataset", "category"], "column", metrics, columns, shown),
         }
-        named["summary"].index.name = "/".join(_abbrev(m) for m in summary_metrics)
+        named["summary"].index.name = "/".join(abbrev(m) for m in summary_metrics)
     for name, table in named.items():
         if name != "summary":
             table.index.names = [index_name, *table.index.names[1:]] if table.index.nlevels > 1 else [index_name]
@@ -275,7 +310,7 @@ def plots(results: Sequence[RunResult], metrics: Sequence[str], axis: str | None
             xs = points.index.get_level_values(axis).astype(float)
             ax.plot(xs * (100 if axis == "contamination" else 1), 100 * points.to_numpy(), marker="o", label=method)
         ax.set_xlabel("input size (px)" if axis == "image_size" else "bad images in train (%)")
-        ax.set_ylabel(_abbrev(metric))
+        ax.set_ylabel(abbrev(metric))
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()

@@ -1,4 +1,5 @@
-"""Catalogs of models, datasets and experiments: data (YAML beside this file), not code branches.
+"""Catalogs of models, datasets and experiments, and the paper's published numbers: data (YAML
+beside this file), not code branches.
 
 Adding a model, dataset or experiment is an edit of a YAML file; the types below validate it.
 """
@@ -133,6 +134,90 @@ def datasets() -> dict[str, DatasetEntry]:
 @cache
 def experiments() -> dict[str, ExperimentEntry]:
     return _load("experiments.yaml", ExperimentEntry)
+
+
+PAPER_MEAN = "D"  # the paper's mean over a table's `mean_of` datasets
+
+
+class PaperColumn(BaseModel):
+    """A printed column: the experiment's axis value, and in a summary table the dataset it holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    header: str
+    value: Any
+    dataset: str | None = None  # None: the row's dataset (per-dataset tables)
+
+
+class PaperTable(BaseModel):
+    """One of the supplement's Tables 11-15 as printed: rows of "a/b/c" cells (x100), see paper.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key: str = ""
+    title: str
+    experiment: str
+    metrics: list[str]
+    mean_of: list[str] = []
+    columns: list[PaperColumn]
+    rows: dict[str, list[str] | dict[str, list[str]]]  # model: cells, or model: {dataset: cells}
+
+
+class PaperCell(BaseModel):
+    """One published number, 0..1 (the paper prints x100)."""
+
+    model_config = ConfigDict(frozen=True)
+    table: str
+    experiment: str
+    model: str
+    dataset: str  # a catalog key, "<key>+dr" (a real-drift part) or PAPER_MEAN
+    metric: str
+    axis: str
+    value: Any  # the axis value
+    paper: float
+
+
+def _paper_cells(table: PaperTable) -> list[PaperCell]:
+    """``table``'s cells, checked against the catalog: a wrong name or a short cell fails loudly."""
+    axis = next(iter(experiment(table.experiment).axes))
+    cells = []
+    for model_key, row in table.rows.items():
+        model(model_key)
+        for dataset, printed in row.items() if isinstance(row, dict) else [(None, row)]:
+            if len(printed) != len(table.columns):
+                raise ValueError(f"paper table {table.key}, {model_key}: {len(printed)} cells for {len(table.columns)} columns")
+            for column, cell in zip(table.columns, printed, strict=True):
+                where = column.dataset or dataset
+                if where is None or (where != PAPER_MEAN and where.removesuffix("+dr") not in datasets()):
+                    raise ValueError(f"paper table {table.key}, {model_key}: unknown dataset {where!r}")
+                parts = cell.split("/")
+                if len(parts) != len(table.metrics):
+                    raise ValueError(f"paper table {table.key}, {model_key}: cell {cell!r} is not {'/'.join(table.metrics)}")
+                for metric, part in zip(table.metrics, parts, strict=True):
+                    if metric not in METRICS:
+                        raise one_of("metric", metric, METRICS)
+                    cells.append(
+                        PaperCell(
+                            table=table.key,
+                            experiment=table.experiment,
+                            model=model_key,
+                            dataset=where,
+                            metric=metric,
+                            axis=axis,
+                            value=column.value,
+                            paper=float(part) / 100,
+                        )
+                    )
+    return cells
+
+
+@cache
+def paper() -> dict[str, PaperTable]:
+    return _load("paper.yaml", PaperTable)
+
+
+@cache
+def paper_cells() -> tuple[PaperCell, ...]:
+    """Every number of the supplement's Tables 11-15, one cell per (table, model, dataset, metric, axis value)."""
+    return tuple(cell for table in paper().values() for cell in _paper_cells(table))
 
 
 def model(key: str) -> ModelEntry:

@@ -187,10 +187,13 @@ def aggregate(
     ci: Annotated[bool, typer.Option("--ci", help="show bootstrap intervals: 91.4 [88.0, 94.3]")] = False,
     per_defect: Annotated[bool, typer.Option("--per-defect", help="add the per-defect-type table")] = False,
     operating_point: OperatingPoints = None,
+    against: Annotated[
+        str | None, typer.Option("--against", help="paper: the supplement's Tables 11-15 beside ours, with our intervals")
+    ] = None,
 ) -> None:
     """The paper's tables of a sweep: per dataset (with the mean D), summary and per category."""
     from viadk8s import aggregate as agg
-    from viadk8s import stats
+    from viadk8s import paper, stats
     from viadk8s.config import load_config
     from viadk8s.regression import check
     from viadk8s.results import load_results, load_scores
@@ -199,6 +202,8 @@ def aggregate(
         raise SpecError("give exactly one of --sweep ID or --experiment NAME")
     if format not in agg.FORMATS:
         raise one_of("format", format, list(agg.FORMATS))
+    if against not in (None, "paper"):
+        raise one_of("--against", against, ["paper"])
     if experiment:
         catalog.experiment(experiment)
     points = tuple(stats.OperatingPoint.parse(p) for p in operating_point or []) or stats.DEFAULT_POINTS
@@ -210,14 +215,19 @@ def aggregate(
     name = experiment or results[0].spec.experiment
     chosen = split_list(metrics) or catalog.experiment(name).metrics
     shape = agg.experiment_shape(name)
-    scores = load_scores(opened, results) if ci or per_defect or operating_point else {}
+    scores = load_scores(opened, results) if ci or per_defect or operating_point or against else {}
+    confidence = next((r.uncertainty.confidence for r in results if r.uncertainty), 0.95)
     if ci:
-        confidence = next((r.uncertainty.confidence for r in results if r.uncertainty), 0.95)
         named = agg.tables(results, chosen, **shape, resampled=agg.resampled_frame(results, scores), confidence=confidence)
     else:
         named = agg.tables(results, chosen, **shape)
     if per_defect or operating_point:
         named["per_defect"] = agg.defect_table(results, scores, points)
+    if against:
+        comparison = paper.against_paper(results, agg.resampled_frame(results, scores) if scores else None, confidence)
+        named.update(comparison.tables)
+        for note in comparison.notes:
+            err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     for title, table in named.items():
         sys.stdout.write(f"\n{title} ({len(results)} runs)\n\n{agg.render(table, format)}\n")
     if out:
