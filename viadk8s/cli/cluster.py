@@ -28,6 +28,7 @@ from viadk8s.cli.common import (
     friendly,
     plan_from_flags,
 )
+from viadk8s.cli.runs import Costs, EstimateFlag, Parallel, show_estimate
 from viadk8s.errors import SpecError, one_of
 
 if TYPE_CHECKING:
@@ -130,6 +131,9 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="wait until every Job has finished; exit 1 if one failed")] = False,
     timeout: Annotated[float | None, typer.Option(help="with --wait: give up after this many seconds")] = None,
     interval: Annotated[float, typer.Option(min=1, help="with --wait: seconds between status polls")] = 15,
+    estimate: EstimateFlag = False,
+    parallel: Parallel = None,
+    costs: Costs = None,
 ) -> None:
     """Submit an experiment as Kubernetes Jobs; finished runs and existing Jobs are skipped (submit again to resume)."""
     from viadk8s.k8s import jobs
@@ -157,6 +161,8 @@ def submit(
     )
     for note in planned.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+    if estimate:  # only the estimate: the cluster is not contacted
+        return show_estimate(planned, cfg, costs, parallel, cfg.cluster.gpu.count)
     cluster = None if dry_run == "client" else connect(cfg.cluster)
     report = jobs.submit(planned, cfg, cluster, dry_run)  # type: ignore[arg-type]
     for line in submit_lines(report):

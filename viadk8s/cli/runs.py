@@ -38,6 +38,23 @@ from viadk8s.errors import SpecError, one_of
 
 if TYPE_CHECKING:
     from viadk8s.config import Config
+    from viadk8s.plan import Plan
+
+EstimateFlag = Annotated[bool, typer.Option("--estimate", help="print the sweep's GPU-hours, wall time and longest runs instead")]
+Parallel = Annotated[int | None, typer.Option("--parallel", min=1, help="with --estimate: runs at a time (default 1)")]
+Costs = Annotated[
+    Path | None, typer.Option("--costs", help="with --estimate: a `viadk8s calibrate` file (default: the shipped CPU table)")
+]
+
+
+def show_estimate(planned: Plan, config: Config, costs: Path | None, parallel: int | None, gpus_per_run: int = 1) -> None:
+    """Print what the sweep will cost (:mod:`viadk8s.cost`); nothing is run or contacted."""
+    from viadk8s.cost import estimate, estimate_lines
+
+    chosen = parallel or 1
+    source = "--parallel" if parallel else "default: no parallelism setting is known, give --parallel N"
+    for line in estimate_lines(estimate(planned.sweep.runs, config, costs), chosen, source, gpus_per_run):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("plan")
@@ -56,13 +73,17 @@ def plan_command(
     settings: Settings = None,
     config: ConfigPath = None,
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    estimate: EstimateFlag = False,
+    parallel: Parallel = None,
+    costs: Costs = None,
 ) -> None:
     """Expand an experiment into its runs (nothing is executed or written)."""
     from viadk8s.config import load_config
 
+    cfg = load_config(config)
     result = plan_from_flags(
         experiment,
-        load_config(config),
+        cfg,
         models=models,
         datasets=datasets,
         categories=categories,
@@ -74,6 +95,9 @@ def plan_command(
         sweep=sweep,
         settings=settings,
     )
+    if estimate:
+        show_estimate(result, cfg, costs, parallel)
+        return
     if format == "json":
         sys.stdout.write(result.sweep.model_dump_json(indent=2) + "\n")
         return
@@ -240,6 +264,36 @@ def aggregate(
             err_console.print(f"regression: {regression}", highlight=False, markup=False)
         if regressions:
             raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def calibrate(
+    sweep: Annotated[str, typer.Option("--sweep", help="the sweep whose finished runs are fitted")],
+    store: Store = None,
+    config: ConfigPath = None,
+    out: Annotated[Path | None, typer.Option(help="write the cost tables here (for --estimate --costs FILE)")] = None,
+) -> None:
+    """Fit the cost model to a sweep's timings, per device, model and size, and show how well it fits."""
+    from viadk8s.config import load_config
+    from viadk8s.cost import calibration_lines, dump_tables, fit, load_tables
+    from viadk8s.results import load_results
+
+    results = load_results(load_config(config, store=store).open_store(), sweep_id=sweep)
+    if not results:
+        raise SpecError(f"no finished run in sweep {sweep!r}")
+    shipped = load_tables()[0][0]
+    overhead = (
+        f"overhead_s {shipped.overhead_s} s per run from the shipped table ({shipped.device}): result.json does not time it"
+    )
+    calibration = fit(results, shipped.overhead_s, f"viadk8s calibrate --sweep {sweep}: {len(results)} runs; {overhead}")
+    for line in calibration_lines(calibration):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if out:
+        out.write_text(dump_tables(calibration.tables))
+        err_console.print(f"wrote {out} ({', '.join(t.device for t in calibration.tables)})", highlight=False)
+    else:
+        sys.stdout.write(dump_tables(calibration.tables))
 
 
 @app.command("catalog")
