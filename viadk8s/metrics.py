@@ -134,14 +134,19 @@ def recompute_image_metrics(scores: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def verify(reported: Mapping[str, float | None], scores: pd.DataFrame) -> None:
-    """Raise :class:`MetricMismatch` naming both values if a reported image metric is not what
-    ``scores`` give."""
+def disagreements(reported: Mapping[str, float | None], scores: pd.DataFrame) -> list[str]:
+    """Each reported image metric that is not what ``scores`` give, naming both values."""
     again = recompute_image_metrics(scores)
-    wrong = [
+    return [
         f"{name} reported {reported.get(name)!r}, recomputed from scores.csv {value!r}"
         for name, value in again.items()
         if reported.get(name) is None or not math.isclose(float(reported[name]), value, abs_tol=TOLERANCE)  # type: ignore[arg-type]
     ]
+
+
+def verify(reported: Mapping[str, float | None], scores: pd.DataFrame) -> None:
+    """Raise :class:`MetricMismatch` naming both values if a reported image metric is not what
+    ``scores`` give."""
+    wrong = disagreements(reported, scores)
     if wrong:
         raise MetricMismatch("metrics disagree with the stored scores, result not stored: " + "; ".join(wrong))

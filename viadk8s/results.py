@@ -81,6 +81,7 @@ class RunResult(BaseModel):
     lock_sha256: str | None = None  # viadk8s/requirements.lock's, when the run recorded it
     notes: list[str] = []
     uncertainty: Uncertainty | None = None
+    scores_sha256: str | None = None  # of its scores.csv as stored (`viadk8s verify`); older results have none
     overlays: list[Overlay] = []
     tracking: dict[str, str] = {}
     # facts a model states about its own fit: its `model_report` attribute, if it has one (e.g. InReaCh's bank share)

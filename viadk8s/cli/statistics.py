@@ -92,3 +92,28 @@ def report_command(
     path = report.write(opened, sweep, results, out, operating_points=points, pictured=pictured)
     log_report(path, settings.tracking_uri, settings.store_uri, results[0].spec.experiment, sweep)
     console.print(f"report: {path.resolve()}", highlight=False, soft_wrap=True)
+
+
+@app.command("verify")
+@friendly
+def verify_command(
+    sweep: Annotated[str, typer.Option("--sweep", help="the sweep whose stored results are re-checked")],
+    store: Store = None,
+    config: ConfigPath = None,
+) -> None:
+    """Re-check every stored result of a sweep: image metrics and intervals against a recomputation
+    from its scores.csv, the scores' sha256, the dependency lock (a warning). Exit 1 on any disagreement."""
+    from viadk8s.config import load_config
+    from viadk8s.verify import verify_sweep
+
+    found = verify_sweep(load_config(config, store=store).open_store(), sweep)
+    for problem in found.problems:
+        console.print(str(problem), highlight=False, markup=False, soft_wrap=True)
+    for note in found.notes:
+        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+    warnings = len(found.problems) - found.errors
+    console.print(
+        f"verified {found.runs} runs of sweep {sweep}: {found.errors} disagreements, {warnings} warnings", highlight=False
+    )
+    if found.errors:
+        raise typer.Exit(1)

@@ -7,6 +7,7 @@ because torch, timm and the Hugging Face hub read their environment at import ti
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import resource
@@ -149,6 +150,7 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
         result.model_report = dict(getattr(model, "model_report", {}))
         tested = prepared.split("test")
         write_scores(scores_frame(outcome.scores, tested), work / SCORES)
+        result.scores_sha256 = hashlib.sha256((work / SCORES).read_bytes()).hexdigest()
         stored = pd.read_csv(work / SCORES)
         verify(result.metrics, stored)  # what we report is what scores.csv gives
         result.uncertainty = _uncertainty(stored, config, spec.seed)
