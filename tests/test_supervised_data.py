@@ -193,3 +193,12 @@ def test_supervised_experiment_runs_dra_devnet_and_supersimplenet(cli, tmp_path:
         scores = pd.read_csv(tmp_path / "store" / "runs" / "supervised" / result["run_key"] / "scores.csv")
         assert len(scores) == 10 and scores.score.notna().all()
     assert by_model["supersimplenet"]["metrics"]["pixel_AUROC"] is not None  # its supervised mode is unchanged
+    # result.json says which batches trained them: the official ones, not the spec's 4
+    assert by_model["dra"]["model_report"] == {
+        "train_batch": {"references": 5, "normal": 32, "labelled_anomalies": 16},
+        "steps_per_epoch": 20,
+    }
+    assert by_model["devnet"]["model_report"] == {
+        "train_batch": {"references": 0, "normal": 24, "labelled_anomalies": 24},
+        "steps_per_epoch": 20,
+    }

@@ -39,7 +39,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
-from viadk8s.data.supervised import BalancedBatches
+from viadk8s.data.supervised import BalancedBatches, BalancedBatchSampler
 
 from .torch_model import DeviationLoss, DevnetModel, random_rotation
 
@@ -75,6 +75,14 @@ class DeviationTraining(AnomalibModule):
     model: torch.nn.Module
     learning_rate: float
     weight_decay: float
+    model_report: dict[str, Any]  # for result.json, whose spec's batch size these batches do not follow
+
+    def on_train_start(self) -> None:
+        """Record the batches the training loader serves."""
+        sampler = self.trainer.train_dataloader.batch_sampler
+        if isinstance(sampler, BalancedBatchSampler):
+            batch = {"references": sampler.n_references, "normal": sampler.n_normal, "labelled_anomalies": sampler.n_anomalous}
+            self.model_report = {"train_batch": batch, "steps_per_epoch": sampler.steps_per_epoch}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Image scores of a validation or test batch."""

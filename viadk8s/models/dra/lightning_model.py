@@ -124,6 +124,7 @@ class Dra(DeviationTraining):
         """The evaluation's reference set, fixed for the run: drawn as a training batch's are (normal
         training images, pre-processed like every batch, each a pseudo anomaly with
         ``pseudo_probability``), from the seed, among the normal training images sorted by path."""
+        super().on_train_start()
         dataset = self.trainer.train_dataloader.dataset
         transform = self.pre_processor.transform if self.pre_processor else None
         images = [dataset[i].image for i in choose_references(dataset, REFERENCES, self.seed)]
