@@ -325,7 +325,7 @@ def plots(results: Sequence[RunResult], metrics: Sequence[str], axis: str | None
 
 def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "md":
-        return table.reset_index().to_markdown(index=False)
+        return table.reset_index().to_markdown(index=False, disable_numparse=True)  # "88.0" stays "88.0", not 88
     if fmt == "csv":
         return table.to_csv()
     if fmt == "latex":
