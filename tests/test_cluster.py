@@ -33,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from tests.cluster import Kube
 from tests.conftest import missing
 from tests.servers import BUCKET, S3Server, free_port
+from viadk8s.lock import lock_sha256
 from viadk8s.results import RESULT, parse_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +167,7 @@ def release(kube: Kube, s3: S3Server, tmp_path_factory: pytest.TempPathFactory) 
     mlflow_port = free_port()
     values = work / "values.yaml"
     values.write_text(yaml.safe_dump(_values(s3, kube, mlflow_port)))
-    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "COLUMNS": "250"}
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "COLUMNS": "400"}
     install = subprocess.run(
         [
             helm(),
@@ -191,7 +192,7 @@ def release(kube: Kube, s3: S3Server, tmp_path_factory: pytest.TempPathFactory) 
     config = kube.kubectl("-n", NAMESPACE, "get", "configmap", "viadk8s-config", "-o", "jsonpath={.data.viadk8s\\.yaml}")
     (work / "viadk8s.yaml").write_text(config)
     sa = kube.token_kubeconfig(RELEASE, NAMESPACE, work / "sa.kubeconfig")
-    user_env = {**os.environ, **s3.env, "KUBECONFIG": str(sa), "VIADK8S_CONFIG": str(work / "viadk8s.yaml"), "COLUMNS": "250"}
+    user_env = {**os.environ, **s3.env, "KUBECONFIG": str(sa), "VIADK8S_CONFIG": str(work / "viadk8s.yaml"), "COLUMNS": "400"}
     for var in ("VIADK8S_STORE", "MLFLOW_TRACKING_URI", "VIADK8S_NAMESPACE", "KUBERNETES_SERVICE_HOST"):
         user_env.pop(var, None)
     yield Release(kube, s3, f"http://127.0.0.1:{mlflow_port}", work, user_env)
@@ -252,7 +253,9 @@ SWEEP_ARGS = (*SWEEP, "--weights", "random", "--sweep", "e2e")
 def test_sweep_runs_on_real_pods_and_lands_in_s3_and_mlflow(release: Release) -> None:
     out = release.ok("submit", *SWEEP_ARGS, "--wait", "--interval", "2", "--timeout", "840")
     assert "4 Jobs created, 0 already there, 0 runs already finished" in out
-    assert len(release.results("e2e")) == 4
+    stored = [release.result(key) for key in release.results("e2e")]
+    assert len(stored) == 4 and all(r.metrics["image_AUROC"] is not None for r in stored)
+    assert {r.lock_sha256 for r in stored} == {lock_sha256()}, "the image holds another lock: make image-local"
     again = release.ok("submit", *SWEEP_ARGS)
     assert "0 Jobs created, 0 already there, 4 runs already finished (skipped)" in again
 
@@ -266,7 +269,7 @@ def test_sweep_runs_on_real_pods_and_lands_in_s3_and_mlflow(release: Release) ->
     assert f"[{keys[0]}]: done in" in log and f"stored at {STORE}" in log
 
     table = release.ok("aggregate", "--sweep", "e2e")
-    assert "patchcore" in table and "padim" in table and "tiny" in table
+    assert "PatchCore" in table and "PaDiM" in table and "tiny" in table
 
     client = MlflowClient(release.mlflow_uri)
     experiment = client.get_experiment_by_name("evaluation")
@@ -376,20 +379,28 @@ def test_infrastructure_fault_exits_3_and_the_retry_succeeds(release: Release) -
 
 class PodWatch:
     """Every state a sweep's pods pass through, from the API server's watch (a deleted pod's last
-    status is only visible there: the Job controller removes it right after)."""
+    status is only visible there: the Job controller removes it right after). A watch the server
+    ends (its cache behind a fresh write: 504, or an expired version: 410) is opened again."""
 
     def __init__(self, kube: Kube, selector: str) -> None:
         from kubernetes import client, config, watch
+        from kubernetes.client.exceptions import ApiException
 
         api = client.CoreV1Api(config.new_client_from_config(str(kube.kubeconfig)))
         self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self._stopped = threading.Event()
         self._watch = watch.Watch()
-        stream = self._watch.stream(api.list_namespaced_pod, NAMESPACE, label_selector=selector, timeout_seconds=900)
 
         def collect() -> None:
-            for event in stream:
-                pod = event["object"]
-                self.events.append((event["type"], pod.metadata.name, api.api_client.sanitize_for_serialization(pod)))
+            while not self._stopped.is_set():
+                try:
+                    for event in self._watch.stream(
+                        api.list_namespaced_pod, NAMESPACE, label_selector=selector, timeout_seconds=30
+                    ):
+                        pod = event["object"]
+                        self.events.append((event["type"], pod.metadata.name, api.api_client.sanitize_for_serialization(pod)))
+                except ApiException:
+                    time.sleep(0.2)
 
         self._thread = threading.Thread(target=collect, daemon=True)
         self._thread.start()
@@ -398,6 +409,7 @@ class PodWatch:
         return set(_exit_codes([pod for _, pod_name, pod in self.events if pod_name == name]))
 
     def stop(self) -> None:
+        self._stopped.set()
         self._watch.stop()
 
 
@@ -489,5 +501,5 @@ def test_nightly_cronjob_passes_a_matching_baseline_and_fails_a_regressed_one(re
     assert _condition(job, "Failed"), job["status"]
     (terminated,) = [s["state"]["terminated"] for s in pods[0]["status"]["containerStatuses"]]
     assert terminated["exitCode"] == 1
-    assert "regression: padim on one (64px, random, epochs=1) image_AUROC" in terminated["message"]
+    assert "regression: padim on one (64px, random" in terminated["message"] and "image_AUROC" in terminated["message"]
     assert len(release.results(sweep)) == 1  # the second night resumed the sweep: nothing ran twice

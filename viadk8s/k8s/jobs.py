@@ -165,7 +165,8 @@ def _termination(pod: client.V1Pod) -> str:
         if status.name == "worker" and done is not None and done.exit_code:
             meaning = EXIT_MEANINGS.get(done.exit_code, done.reason or "error")
             lines = [line for line in (done.message or "").splitlines() if line.strip()]
-            return f"exit {done.exit_code} ({meaning})" + (f": {lines[-1].strip()}" if lines else "")
+            last = lines[-1].strip().removeprefix("error: ") if lines else ""  # the worker's one-line error
+            return f"exit {done.exit_code} ({meaning})" + (f": {last}" if last else "")
     return ""
 
 
