@@ -27,6 +27,7 @@ from typing import Any
 import boto3
 import pandas as pd
 import pytest
+import urllib3
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -140,6 +141,7 @@ def _values(s3: S3Server, kube: Kube, mlflow_port: int) -> dict[str, Any]:
             "models": "padim",
             "maxEpochs": 1,
             "interval": 3,
+            "extraArgs": ["--image-size", "64", "--weights", "random"],
             "baseline": BASELINE,
             "tolerance": 1.0,
             # no kube-proxy here: the in-cluster client reaches the API server on the node's 127.0.0.1
@@ -399,7 +401,7 @@ class PodWatch:
                     ):
                         pod = event["object"]
                         self.events.append((event["type"], pod.metadata.name, api.api_client.sanitize_for_serialization(pod)))
-                except ApiException:
+                except (ApiException, urllib3.exceptions.HTTPError):
                     time.sleep(0.2)
 
         self._thread = threading.Thread(target=collect, daemon=True)
@@ -466,6 +468,11 @@ def _nightly(release: Release, name: str) -> tuple[dict[str, Any], list[dict[str
     return job, kube.json("pods", "-n", NAMESPACE, "-l", f"job-name={name}")["items"]
 
 
+def _termination(pods: list[dict[str, Any]]) -> str:
+    """What a finished pod's container said last (its termination message: the log's tail)."""
+    return "\n".join(str(s["state"].get("terminated")) for p in pods for s in p["status"].get("containerStatuses", []))
+
+
 def _upload_baseline(release: Release, frame: pd.DataFrame) -> None:
     s3 = boto3.client("s3", endpoint_url=release.s3.endpoint, **_credentials(release.s3))
     buffer = io.StringIO()
@@ -491,14 +498,14 @@ def test_nightly_cronjob_passes_a_matching_baseline_and_fails_a_regressed_one(re
     sweep = f"nightly-{datetime.now(UTC):%Y%m%d}"
 
     job, pods = _nightly(release, "night-pass")
-    assert _condition(job, "Complete"), pods[0]["status"]
+    assert _condition(job, "Complete"), _termination(pods)
     assert len(release.results(sweep)) == 1
     assert release.kube.kubectl("-n", NAMESPACE, "logs", pods[0]["metadata"]["name"]).count("regression:") == 0
 
     regressed = baseline.assign(image_AUROC=baseline["image_AUROC"] + 0.2)
     _upload_baseline(release, regressed)
     job, pods = _nightly(release, "night-fail")
-    assert _condition(job, "Failed"), job["status"]
+    assert _condition(job, "Failed"), _termination(pods)
     (terminated,) = [s["state"]["terminated"] for s in pods[0]["status"]["containerStatuses"]]
     assert terminated["exitCode"] == 1
     assert "regression: padim on one (64px, random" in terminated["message"] and "image_AUROC" in terminated["message"]
