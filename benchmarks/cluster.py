@@ -92,7 +92,8 @@ def measure(runs: int = 4, gpus: int = 2) -> list[Row]:
         config = {"store": f"s3://{BUCKET}/bench", "s3": {"addressing_style": "path"}, "datasets": {"tiny": tiny}}
         (root / "cluster.yaml").write_text(yaml.safe_dump({**config, "cluster": cluster}))
         (root / "local.yaml").write_text(yaml.safe_dump({"store": str(root / "local"), "datasets": {"tiny": tiny}}))
-        env = {**os.environ, **s3.env, "KUBECONFIG": str(kube.kubeconfig)}
+        os.environ.update(s3.env)  # this process reads the results too
+        env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig)}
         started = time.perf_counter()
         _viadk8s(["submit", *selection, "--sweep", "bench", "--config", str(root / "cluster.yaml")], env, root)
         first, wall, pods = _watch(kube, started, runs)
