@@ -97,8 +97,19 @@ def load_tables(path: str | Path | None = None) -> tuple[list[CostTable], str]:
 
 
 def dump_tables(tables: Sequence[CostTable]) -> str:
-    """The YAML :func:`load_tables` reads."""
-    return yaml.safe_dump([t.model_dump() for t in tables], sort_keys=False)
+    """The YAML :func:`load_tables` reads, coefficients to 4 significant digits (timings are not more precise)."""
+    rounded = [
+        t.model_copy(
+            update={
+                "coefficients": [c.model_copy(update={k: float(f"{getattr(c, k):.4g}") for k in _COSTS}) for c in t.coefficients]
+            }
+        )
+        for t in tables
+    ]
+    return yaml.safe_dump([t.model_dump() for t in rounded], sort_keys=False)
+
+
+_COSTS = ("start_s", "train_s", "test_s")
 
 
 # --- what a run processes ---------------------------------------------------------------------
@@ -360,9 +371,8 @@ def estimate_lines(est: Estimate, parallel: int, parallel_source: str, gpus_per_
     ]
     for r in sorted(est.runs, key=lambda r: -r.seconds)[:TOP]:
         s = r.spec
-        lines.append(
-            f"  {_duration(r.seconds):>8}  {s.run_key}  {s.model} {s.dataset}/{s.category} {s.image_size}px {s.variant.label()}"
-        )
+        what = f"{s.model} {s.dataset}/{s.category} {s.image_size}px {s.variant.label()}".rstrip()
+        lines.append(f"  {_duration(r.seconds):>8}  {s.run_key}  {what}")
     lines.append("share per model:")
     for model, seconds in est.by_model().items():
         lines.append(f"  {model:<22} {seconds / total if total else 0:>6.1%}  {seconds / 3600:.2f} h")
