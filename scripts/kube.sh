@@ -149,7 +149,7 @@ pause_image() { # the sandbox image, built once from the static pause binary wit
     buildah rm "$box" >/dev/null
     podman save --quiet --format oci-archive -o "$archive.part" "$ref" && mv "$archive.part" "$archive"
   fi
-  ctr_ images import --index-name "$ref" "$archive" >/dev/null
+  ctr_ images import "$archive" >/dev/null
 }
 
 node() {
@@ -241,9 +241,11 @@ load() { # IMAGE: from podman's storage into the node's containerd, unless that 
   fi
   mkdir -p "$KUBE_HOME/loaded"
   archive=$(mktemp -p "$KUBE_HOME" image.XXXXXX.tar)
-  trap 'rm -f "$archive"' RETURN
-  podman save --quiet --format oci-archive -o "$archive" "$image"
-  ctr_ images import --index-name "$image" "$archive" >/dev/null
+  # the archive names the image (org.opencontainers.image.ref.name); layers the node has are not unpacked again
+  if ! { podman save --quiet --format oci-archive -o "$archive" "$image" && ctr_ images import "$archive" >/dev/null; }; then
+    rm -f "$archive"; die "loading $image into the node failed"
+  fi
+  rm -f "$archive"
   echo "$id" > "$stamp"
   echo "image $image loaded"
 }
