@@ -49,7 +49,8 @@ _QUANTITY = re.compile(r"^([0-9.]+)(Ki|Mi|Gi|Ti|k|M|G|T|m)?$")
 POD_FIELDS = {"containers", "volumes", "securityContext", "restartPolicy", "automountServiceAccountToken", "enableServiceLinks"}
 POD_FIELDS |= {"serviceAccountName", "nodeSelector", "tolerations", "affinity", "priorityClassName", "imagePullSecrets"}
 CONTAINER_FIELDS = {"name", "image", "command", "args", "workingDir", "env", "envFrom", "securityContext", "resources"}
-CONTAINER_FIELDS |= {"volumeMounts", "imagePullPolicy", "terminationMessagePolicy", "ports", "readinessProbe", "livenessProbe"}
+CONTAINER_FIELDS |= {"volumeMounts", "imagePullPolicy", "terminationMessagePolicy", "ports"}
+CONTAINER_FIELDS |= {"startupProbe", "readinessProbe", "livenessProbe"}
 _UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
