@@ -49,7 +49,7 @@ unpack() {
 
 start() { # name cmd...: a new session, so `down` stops it and all it started by PID
   local n=$1; shift
-  setsid nohup "$@" > "$RUN/logs/$n.log" 2>&1 < /dev/null &
+  setsid nohup "$@" > "$RUN/logs/$n.log" 2>&1 < /dev/null 9>&- &  # 9: the `up` lock stays with `up`
   echo $! > "$RUN/pids/$n.pid"
 }
 
@@ -209,6 +209,9 @@ up() {
     command -v "$tool" >/dev/null || die "$tool is missing: apt-get install etcd-server containerd runc containernetworking-plugins openssl curl xz-utils podman buildah"
   done
   [ -x /usr/lib/cni/loopback ] || die "/usr/lib/cni/loopback is missing: apt-get install containernetworking-plugins"
+  mkdir -p "$KUBE_HOME"
+  exec 9>"$KUBE_HOME/.up.lock"  # two `up`s on one KUBE_HOME at once: the second stops here, touching nothing
+  flock -n 9 || die "another scripts/kube.sh up is starting a cluster in $KUBE_HOME"
   if ls "$RUN"/pids/*.pid >/dev/null 2>&1; then
     for f in "$RUN"/pids/*.pid; do kill -0 "$(cat "$f")" 2>/dev/null && die "already running ($f): scripts/kube.sh down"; done
   fi
