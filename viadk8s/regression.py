@@ -1,7 +1,8 @@
 """Compare a sweep's results with a stored baseline: the nightly benchmark's regression gate.
 
 The baseline is a ``runs.csv`` as ``viadk8s aggregate --out DIR`` writes it (one raw row per run),
-kept in the repository or in the object store (``s3://BUCKET/KEY``, e.g. for the chart's nightly CronJob). Both sides are reduced as the paper's tables are (mean over seeds per
+kept in the repository or in the object store (``s3://BUCKET/KEY``, e.g. for the chart's nightly
+CronJob). Both sides are reduced as the paper's tables are (mean over seeds per
 category, then the unweighted mean over a dataset's categories) for each model and setting, and
 every metric is compared in points (x100): a drop of more than ``tolerance`` points, or a baseline
 value with no current counterpart, is a regression.
