@@ -67,20 +67,16 @@ class Kube:
         ports = dict(line.split("=", 1) for line in (self.home / "run" / "ports.env").read_text().split())
         return int(ports["API_PORT"])
 
-    def kubectl(self, *args: str, kubeconfig: Path | None = None, check: bool = True, input: str | None = None) -> str:
+    def kubectl(self, *args: str, check: bool = True) -> str:
         done = subprocess.run(
-            [str(self.bin / "kubectl"), "--kubeconfig", str(kubeconfig or self.kubeconfig), *args],
+            [str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
             capture_output=True,
             text=True,
-            input=input,
             timeout=120,
         )
         if check and done.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
-
-    def apply(self, *documents: dict[str, Any]) -> None:
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(documents))
 
     def load_image(self, image: str) -> None:
         _script("load", image, home=self.home)
