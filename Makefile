@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_MODELS ?= patchcore,padim,fastflow
 TOOLS := .tools
 IMAGE ?= ghcr.io/viadk8s/viadk8s:0.1.0
-## The image tests/test_image_pod.py runs: built on the local Debian base (scripts/build-base-image.sh).
+## The image the cluster tests run: built on the local Debian base (scripts/build-base-image.sh).
 LOCAL_IMAGE ?= localhost/viadk8s:local
 ## Empty: the Dockerfile's default (the CUDA PyTorch image).
 BASE_IMAGE ?=
@@ -64,9 +64,9 @@ base-image:
 image-local:
 	base=$$(scripts/build-base-image.sh) && $(MAKE) image CONTAINER=podman BASE_IMAGE=$$base IMAGE=$(LOCAL_IMAGE)
 
-## A rendered Job's pod run in that image under its security context, against local S3 and MLflow.
-image-test: install image-local
-	VIADK8S_TEST_IMAGE=$(LOCAL_IMAGE) $(BIN)/python -m pytest -q tests/test_image_pod.py
+## That image's build guard, then the chart and rendered Jobs on a real single-node cluster (tests/cluster.py).
+image-test: install image-local tools
+	VIADK8S_TEST_IMAGE=$(LOCAL_IMAGE) $(BIN)/python -m pytest -q tests/test_image_build.py tests/test_cluster.py
 
 ## A real single-node Kubernetes on 127.0.0.1 with the worker image on its node (README "A cluster on this
 ## machine"; needs root, Debian's etcd-server containerd runc containernetworking-plugins, and KUBE_BIN_DIR).
