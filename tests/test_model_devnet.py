@@ -13,9 +13,14 @@ import torch
 from lightning.pytorch import seed_everything
 
 from viadk8s import catalog
-from viadk8s.models.devnet import DeviationLoss, Devnet
-from viadk8s.models.devnet.lightning_model import OFFICIAL_BATCH
-from viadk8s.models.devnet.torch_model import IMAGENET_MEAN, IMAGENET_STD, random_rotation, rescale, rotate, top_k_mean
+from viadk8s.models.components.balanced import requested_batches
+from viadk8s.models.components.deviation import DeviationLoss
+from viadk8s.models.components.deviation_training import OFFICIAL_BATCH
+from viadk8s.models.components.multiscale import rescale
+from viadk8s.models.components.normalisation import IMAGENET_MEAN, IMAGENET_STD
+from viadk8s.models.components.top_k import top_k_mean
+from viadk8s.models.devnet import Devnet
+from viadk8s.models.devnet.torch_model import random_rotation, rotate
 from viadk8s.worker.adapters import model_class
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # training steps outside a Trainer
@@ -171,8 +176,9 @@ def test_training_recipe() -> None:
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([2e-4] * 10 + [2e-5] * 10 + [2e-6] * 10 + [2e-7] * 10 + [2e-8] * 10)
-    batches = Devnet.balanced_batches
-    assert batches is not None and (batches.batch_size, batches.normal_share, batches.references) == (OFFICIAL_BATCH, 0.5, 0)
+    batches = requested_batches(Devnet)  # what the worker reads
+    assert batches is Devnet.balanced_batches
+    assert (batches.batch_size, batches.normal_share, batches.references) == (OFFICIAL_BATCH, 0.5, 0)
     assert OFFICIAL_BATCH == 48 and batches.steps_per_epoch == 20
     assert model.trainer_arguments["gradient_clip_val"] == 1.0 and model.trainer_arguments["gradient_clip_algorithm"] == "norm"
 

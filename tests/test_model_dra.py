@@ -19,7 +19,7 @@ from lightning.pytorch import seed_everything
 from tests.test_model_devnet import auroc, planted
 from viadk8s import catalog
 from viadk8s.data.supervised import BalancedBatchSampler
-from viadk8s.models.devnet import DeviationLoss
+from viadk8s.models.components.deviation import DeviationLoss
 from viadk8s.models.dra import Dra
 from viadk8s.models.dra.lightning_model import REFERENCES, choose_references
 from viadk8s.models.dra.torch_model import NORMAL, PSEUDO, SEEN, anomaly_score, cut_paste, dra_loss, pseudo_anomalies

@@ -68,3 +68,35 @@ def test_missing_pretrained_weights_name_the_file(cli, tmp_path: Path, model: st
     assert f"pretrained weights timm/{repo} are not in the cache" in last
     assert str(tmp_path / "weights" / "huggingface" / "hub") in last
     assert "--weights random" in last and "Traceback" not in done.stderr
+
+
+def test_no_model_imports_another_model() -> None:
+    """Shared pieces live in ``viadk8s.models.components``: a model package imports no other model's."""
+    import ast
+
+    import viadk8s.models
+
+    root = Path(viadk8s.models.__file__).parent
+    packages = {path.parent.name for path in root.glob("*/__init__.py")} - {"components"}
+    for name in packages:
+        for source in (root / name).glob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("viadk8s.models."):
+                    imported = node.module.split(".")[2]
+                    assert imported in (name, "components"), f"{source.relative_to(root)} imports viadk8s.models.{imported}"
+
+
+def test_only_models_that_declare_balanced_batches_get_them() -> None:
+    """The worker reads a model's batches through ``requested_batches``: ours that declare them (DevNet,
+    DRA) get theirs, every other catalog model (anomalib's included) the run's shuffled batches."""
+    from viadk8s.models.components.balanced import BalancedBatchesModule, requested_batches
+    from viadk8s.worker.adapters import model_class
+
+    for name, entry in catalog.models().items():
+        cls = model_class(entry)
+        asked = requested_batches(cls)
+        if issubclass(cls, BalancedBatchesModule):
+            assert asked is cls.balanced_batches and asked.steps_per_epoch == 20, name
+        else:
+            assert asked is None, name
+    assert {n for n, e in catalog.models().items() if requested_batches(model_class(e))} == {"devnet", "dra"}

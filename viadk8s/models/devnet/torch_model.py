@@ -12,92 +12,25 @@ absolute position scores, averaged over the scales. The *deviation loss* trains 
 standard normal prior: normal images are pulled to the prior mean, labelled anomalies pushed at
 least ``margin`` prior standard deviations above it.
 
-The pieces DRA shares (deviation loss, top-k scoring head, multi-scale backbone) live here. Written
-from the paper, models.md and a reading of the official code (the image repository has no licence:
-nothing copied); anomalib's
-``TimmFeatureExtractor`` is the backbone.
+The pieces DRA shares (deviation loss, top-k scoring head, multi-scale backbone) are in
+:mod:`viadk8s.models.components`. Written from the paper, models.md and a reading of the official
+code (the image repository has no licence: nothing copied); anomalib's ``TimmFeatureExtractor`` is
+the backbone.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from anomalib.data import InferenceBatch
-from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
-PRIOR_SAMPLES = 5000
-MARGIN = 5.0
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pre-processor's normalisation
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DeviationLoss(nn.Module):
-    """DevNet's deviation loss: ``(1 - y)·|dev| + y·max(0, margin - dev)``, batch mean.
-
-    ``dev = (score - mean r) / std r`` for reference scores ``r ~ N(0, 1)``. The references are
-    drawn once, from ``seed`` (the official code redraws them at every call, which makes the loss
-    itself random); only their mean and standard deviation matter, so only those are kept.
-
-    Args:
-        margin: how many prior standard deviations an anomaly's score must reach. Defaults to 5.
-        samples: number of reference scores. Defaults to 5000.
-        seed: seeds the reference scores. Defaults to 0.
-    """
-
-    def __init__(self, margin: float = MARGIN, samples: int = PRIOR_SAMPLES, seed: int = 0) -> None:
-        super().__init__()
-        self.margin = margin
-        reference = torch.randn(samples, generator=torch.Generator().manual_seed(seed))
-        self.register_buffer("prior_mean", reference.mean())
-        self.register_buffer("prior_std", reference.std())
-
-    def deviation(self, scores: torch.Tensor) -> torch.Tensor:
-        """Scores in prior standard deviations from the prior mean (a z-score)."""
-        return (scores - self.prior_mean) / self.prior_std
-
-    def forward(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean loss of ``scores`` (B,) for binary ``labels`` (B,): 1 anomaly, 0 normal."""
-        deviation = self.deviation(scores)
-        labels = labels.to(deviation.dtype)
-        return ((1 - labels) * deviation.abs() + labels * (self.margin - deviation).clamp(min=0)).mean()
-
-
-def top_k_mean(maps: torch.Tensor, rate: float) -> torch.Tensor:
-    """Per image, the mean of the highest ``rate`` share of a map's positions (at least one)."""
-    flat = maps.flatten(1)
-    k = max(int(flat.shape[1] * rate), 1)
-    return flat.topk(k, dim=1).values.mean(dim=1)
-
-
-class TopKHead(nn.Module):
-    """A 1x1 convolution to one channel, absolute value: a score per feature-map position.
-
-    The image score is :func:`top_k_mean` of this map (multiple-instance learning: an anomaly may
-    cover a few positions only).
-    """
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, 1, kernel_size=1)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Position scores ``(B, h, w)`` of features ``(B, C, h, w)``."""
-        return self.conv(features).abs().squeeze(1)
-
-
-def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
-    """Images resized by ``scale``, nearest neighbour, each side rounded down (the official code:
-    ``F.interpolate(image, size=img_size // 2)``, whose default mode is nearest); ``1`` returns them as
-    they are."""
-    if scale == 1:
-        return images
-    size = [max(1, math.floor(side * scale)) for side in images.shape[-2:]]
-    return F.interpolate(images, size=size, mode="nearest")
+from viadk8s.models.components.multiscale import MultiScaleBackbone
+from viadk8s.models.components.normalisation import IMAGENET_MEAN, IMAGENET_STD
+from viadk8s.models.components.top_k import TopKHead, top_k_mean
 
 
 def rotate(images: torch.Tensor, angles: Sequence[float], fill: Sequence[float]) -> torch.Tensor:
@@ -128,27 +61,6 @@ def random_rotation(
     return rotate(images, angles.tolist(), [-m / s for m, s in zip(mean, std, strict=True)])
 
 
-class MultiScaleBackbone(nn.Module):
-    """One CNN stage's feature maps of the input at several scales; trainable (fine-tuned).
-
-    Args:
-        backbone: timm name. ``resnet18.tv_in1k`` is torchvision's ImageNet weights, as the official code.
-        pre_trained: load the ImageNet weights (from the project's offline cache).
-        scales: input scales relative to the image given (official: the input and half of it).
-        layer: the stage whose output is scored. Defaults to ``"layer4"``.
-    """
-
-    def __init__(self, backbone: str, pre_trained: bool, scales: Sequence[float], layer: str = "layer4") -> None:
-        super().__init__()
-        self.extractor = TimmFeatureExtractor(backbone, layers=[layer], pre_trained=pre_trained, requires_grad=True)
-        self.layer = layer
-        self.scales = tuple(scales)
-        self.channels = int(self.extractor.out_dims[0])
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [self.extractor(rescale(images, scale))[self.layer] for scale in self.scales]
-
-
 class DevnetModel(nn.Module):
     """DevNet: multi-scale ResNet features, one top-k scoring head shared by the scales.
 
@@ -157,22 +69,14 @@ class DevnetModel(nn.Module):
     upsampled to the input and averaged over the scales, as a coarse anomaly map.
 
     Args:
-        backbone: timm name of the ResNet. Defaults to ``"resnet18.tv_in1k"``.
-        pre_trained: load ImageNet weights. Defaults to ``True``.
-        scales: input scales. Defaults to ``(1.0, 0.5)``.
-        top_k: share of positions averaged into a score. Defaults to ``0.1``.
+        backbone: the multi-scale ResNet (the Lightning module's settings: ResNet-18, scales 1 and 1/2).
+        top_k: share of positions averaged into a score.
     """
 
-    def __init__(
-        self,
-        backbone: str = "resnet18.tv_in1k",
-        pre_trained: bool = True,
-        scales: Sequence[float] = (1.0, 0.5),
-        top_k: float = 0.1,
-    ) -> None:
+    def __init__(self, backbone: MultiScaleBackbone, top_k: float) -> None:
         super().__init__()
-        self.backbone = MultiScaleBackbone(backbone, pre_trained, scales)
-        self.head = TopKHead(self.backbone.channels)
+        self.backbone = backbone
+        self.head = TopKHead(backbone.channels)
         self.top_k = top_k
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | InferenceBatch:

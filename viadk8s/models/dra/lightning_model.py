@@ -26,20 +26,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import ClassVar
+from typing import ClassVar, Unpack
 
 import torch
 from anomalib.data import Batch
-from anomalib.metrics import Evaluator
-from anomalib.post_processing import PostProcessor
-from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import Dataset
 
 from viadk8s.data.supervised import BalancedBatches
-from viadk8s.models.devnet import DeviationLoss, DeviationTraining
-from viadk8s.models.devnet.lightning_model import OFFICIAL_BATCH, STEPS_PER_EPOCH
+from viadk8s.models.components.deviation_training import OFFICIAL_BATCH, STEPS_PER_EPOCH, DeviationTraining
+from viadk8s.models.components.module import Processors
+from viadk8s.models.components.multiscale import MultiScaleBackbone
 
 from .torch_model import NORMAL, DraModel, dra_loss, pseudo_anomalies
 
@@ -77,15 +74,13 @@ class Dra(DeviationTraining):
             reference scores (the training batches, their references included, come from the
             loader, seeded with the run seed); ``None``: the seed torch was last given (the run
             seed, set by ``seed_everything`` before the model is built).
-        pre_processor: resize and ImageNet normalisation (no crop). Defaults to ``True``.
-        post_processor: Defaults to ``True``.
-        evaluator: Defaults to ``True``.
-        visualizer: Defaults to ``True``.
+        **processors: anomalib's pre-processor (resize and ImageNet normalisation, no crop),
+            post-processor, evaluator and visualiser (:class:`~viadk8s.models.components.module.Processors`).
     """
 
     # the official sampler: 2/3 of a batch normal (half of them become pseudo anomalies), 1/3 labelled
     # anomalies; the reference images come from a second loader of normal images, ``REFERENCES`` a batch
-    balanced_batches: ClassVar[BalancedBatches | None] = BalancedBatches(
+    balanced_batches: ClassVar[BalancedBatches] = BalancedBatches(
         steps_per_epoch=STEPS_PER_EPOCH, batch_size=OFFICIAL_BATCH, normal_share=Fraction(2, 3), references=REFERENCES
     )
     decay_shift: ClassVar[int] = 1  # the official loop steps its StepLR before each epoch
@@ -101,23 +96,11 @@ class Dra(DeviationTraining):
         learning_rate: float = 2e-4,
         weight_decay: float = 1e-5,
         seed: int | None = None,
-        pre_processor: PreProcessor | bool = True,
-        post_processor: PostProcessor | bool = True,
-        evaluator: Evaluator | bool = True,
-        visualizer: Visualizer | bool = True,
+        **processors: Unpack[Processors],
     ) -> None:
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
-        self.seed = torch.initial_seed() if seed is None else seed
-        self.model = DraModel(backbone=backbone, pre_trained=pre_trained, scales=scales, top_k=top_k)
-        self.loss = DeviationLoss(margin=margin, seed=self.seed)
+        super().__init__(margin, learning_rate, weight_decay, seed, **processors)
+        self.model = DraModel(MultiScaleBackbone(backbone, pre_trained, scales), top_k)
         self.pseudo_probability = pseudo_probability
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
         self.pseudo_generator = torch.Generator().manual_seed(self.seed)
 
     def on_train_start(self) -> None:
@@ -153,6 +136,4 @@ class Dra(DeviationTraining):
         """The sum of the four heads' deviation losses on the batch's queries, against its references."""
         del args, kwargs  # These variables are not used.
         queries, labels, references = self.queries_and_references(batch)
-        loss = dra_loss(self.model(queries, references), labels, self.loss)
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
-        return {"loss": loss}
+        return self.logged_loss(dra_loss(self.model(queries, references), labels, self.loss))

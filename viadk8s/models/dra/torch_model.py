@@ -19,8 +19,8 @@ four heads, each averaged over the scales:
 
 Each head is trained with DevNet's deviation loss; the anomaly score is
 ``-holistic + seen + pseudo + composite``. Written from the paper, models.md and a reading of the
-official code (AGPL-3.0: nothing copied); the deviation loss, top-k head and backbone are DevNet's
-(:mod:`viadk8s.models.devnet.torch_model`).
+official code (AGPL-3.0: nothing copied); the deviation loss, top-k head and backbone are DevNet's,
+shared through :mod:`viadk8s.models.components`.
 """
 
 from __future__ import annotations
@@ -34,14 +34,10 @@ from anomalib.models.components.base import DynamicBufferMixin
 from torch import nn
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
-from viadk8s.models.devnet.torch_model import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DeviationLoss,
-    MultiScaleBackbone,
-    TopKHead,
-    top_k_mean,
-)
+from viadk8s.models.components.deviation import DeviationLoss
+from viadk8s.models.components.multiscale import MultiScaleBackbone
+from viadk8s.models.components.normalisation import IMAGENET_MEAN, IMAGENET_STD
+from viadk8s.models.components.top_k import TopKHead, top_k_mean
 
 NORMAL, SEEN, PSEUDO = 0, 1, 2  # training labels: normal image, labelled anomaly, pseudo anomaly
 HEADS = ("holistic", "seen", "pseudo", "composite")
@@ -85,22 +81,14 @@ class DraModel(DynamicBufferMixin, nn.Module):
     mode changes.
 
     Args:
-        backbone: timm name of the ResNet. Defaults to ``"resnet18.tv_in1k"``.
-        pre_trained: load ImageNet weights. Defaults to ``True``.
-        scales: input scales. Defaults to ``(1.0, 0.5)``.
-        top_k: share of positions averaged by the top-k heads. Defaults to ``0.1``.
+        backbone: the multi-scale ResNet (the Lightning module's settings: ResNet-18, scales 1 and 1/2).
+        top_k: share of positions averaged by the top-k heads.
     """
 
-    def __init__(
-        self,
-        backbone: str = "resnet18.tv_in1k",
-        pre_trained: bool = True,
-        scales: Sequence[float] = (1.0, 0.5),
-        top_k: float = 0.1,
-    ) -> None:
+    def __init__(self, backbone: MultiScaleBackbone, top_k: float) -> None:
         super().__init__()
-        self.backbone = MultiScaleBackbone(backbone, pre_trained, scales)
-        channels = self.backbone.channels
+        self.backbone = backbone
+        channels = backbone.channels
         self.holistic = HolisticHead(channels)
         self.seen = TopKHead(channels)
         self.pseudo = TopKHead(channels)
