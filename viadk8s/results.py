@@ -19,6 +19,7 @@ from viadk8s.store import Store
 
 RESULT = "result.json"
 SCORES = "scores.csv"
+PIXEL_SUMMARY = "pixel_summary.npz"  # per-image pixel counts on one threshold grid (viadk8s.pixel_summary)
 HISTOGRAM = "scores.png"
 OVERLAY = "overlay-{kind}-{rank:02d}.png"  # kind: "good" (scored highest) or "bad" (scored lowest)
 INDEX = ".index"  # remote stores: runs/<sweep>/.index/<shard>.json, results by key with their versions
