@@ -101,13 +101,13 @@ def test_round_trip_and_a_tampered_file(tmp_path: Path) -> None:
     again = PixelSummary.from_bytes(path.read_bytes())
     assert again.metrics() == summary.metrics() and again.images.tolist() == _names(len(maps))
     reported = metrics.pixel_metrics(maps, masks)
-    assert pixel_summary.disagreements(reported, again) == []
+    assert again.disagreements(reported) == []
     # the defect pixels of every region moved to the lowest bin: the model now looks blind
     moved = again.regions.copy()
     moved[:, 0], moved[:, 1:] = moved.sum(-1), 0
     tampered = PixelSummary(again.images, again.grid, again.good, moved, again.region_image)
     path.write_bytes(tampered.to_bytes())
-    wrong = pixel_summary.disagreements(reported, PixelSummary.from_bytes(path.read_bytes()))
+    wrong = PixelSummary.from_bytes(path.read_bytes()).disagreements(reported)
     assert [w.split(" ")[0] for w in wrong] == list(PIXEL_METRICS)
     with pytest.raises(ValueError, match="not a pixel summary"):
         PixelSummary.from_bytes(b"garbage")

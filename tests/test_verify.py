@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.conftest import Cli, padim_spec
 from viadk8s.lock import lock_sha256
+from viadk8s.pixel_summary import PIXEL_METRICS, PIXEL_SUMMARY, PIXEL_TOLERANCE, PixelSummary
 
 
 def test_verify_passes_a_real_run_and_catches_each_tampering(cli: Cli, tiny_config: Path, tmp_path: Path) -> None:
@@ -27,7 +30,12 @@ def test_verify_passes_a_real_run_and_catches_each_tampering(cli: Cli, tiny_conf
     code, lines = verify()
     assert code == 0, lines
     assert lines[-1] == "verified 1 runs of sweep v: 0 disagreements, 0 warnings"
-    assert any(line.startswith("note: pixel metrics") for line in lines)
+    # the stored pixel summary reproduces the run's (exact) pixel metrics, images in scores.csv's order
+    summary_path = result_path.with_name(PIXEL_SUMMARY)
+    summary = PixelSummary.from_bytes(summary_path.read_bytes())
+    reported = json.loads(original_result)["metrics"]
+    assert summary.metrics() == pytest.approx({m: reported[m] for m in PIXEL_METRICS}, abs=PIXEL_TOLERANCE)
+    assert summary.images.tolist() == pd.read_csv(scores_path)["image_path"].tolist()
 
     # the sweep is the evaluation experiment on a synthetic dataset: the paper comparison is one note
     paper = cli("aggregate", "--sweep", "v", "--config", str(tiny_config), "--against", "paper")
@@ -74,3 +82,18 @@ def test_verify_passes_a_real_run_and_catches_each_tampering(cli: Cli, tiny_conf
         f"this environment's is {lock_sha256()[:12]}"
     ]
     assert lines[-1] == "verified 1 runs of sweep v: 0 disagreements, 1 warnings"
+
+    # every defect pixel moved to the summary's lowest bin: the pixel metrics disagree with it
+    result_path.write_text(original_result)
+    moved = summary.regions.copy()
+    moved[:, 0], moved[:, 1:] = moved.sum(-1), 0
+    summary_path.write_bytes(replace(summary, regions=moved).to_bytes())
+    code, lines = verify()
+    (error,) = [line for line in lines if line.startswith("error")]
+    assert code == 1 and "pixel metrics disagree with pixel_summary.npz: pixel_AUROC reported" in error
+    summary_path.write_bytes(b"not a summary")
+    code, lines = verify()
+    assert code == 1 and any("pixel_summary.npz is unreadable" in line for line in lines)
+    summary_path.unlink()  # a run written before runs kept one: a warning
+    code, lines = verify()
+    assert code == 0 and any("no pixel_summary.npz (written before runs kept one)" in line for line in lines)

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from viadk8s.errors import Viadk8sError
+
+if TYPE_CHECKING:  # pixel_summary imports stats, which imports this module
+    from viadk8s.pixel_summary import PixelSummary
 
 PG_PB_RATE = 0.02  # the paper's PG2 / PB2
 #: The name of a batch attribute a model may set beside ``anomaly_map``: a second ``(B, H, W)`` map
@@ -144,9 +148,10 @@ def disagreements(reported: Mapping[str, float | None], scores: pd.DataFrame) ->
     ]
 
 
-def verify(reported: Mapping[str, float | None], scores: pd.DataFrame) -> None:
+def verify(reported: Mapping[str, float | None], scores: pd.DataFrame, summary: PixelSummary | None = None) -> None:
     """Raise :class:`MetricMismatch` naming both values if a reported image metric is not what
-    ``scores`` give."""
-    wrong = disagreements(reported, scores)
+    ``scores`` give, or a pixel metric not what the pixel ``summary`` gives (within its binning's
+    tolerance, :data:`viadk8s.pixel_summary.PIXEL_TOLERANCE`)."""
+    wrong = disagreements(reported, scores) + (summary.disagreements(reported) if summary is not None else [])
     if wrong:
         raise MetricMismatch("metrics disagree with the stored scores, result not stored: " + "; ".join(wrong))

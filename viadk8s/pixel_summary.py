@@ -78,6 +78,14 @@ class PixelSummary:
         values = metrics_batch(self, np.ones((1, len(self.images))))
         return {m: float(v[0]) for m, v in zip(PIXEL_METRICS, values, strict=True)}
 
+    def disagreements(self, reported: Mapping[str, float | None]) -> list[str]:
+        """Each reported pixel metric farther than :data:`PIXEL_TOLERANCE` from its recomputation."""
+        return [
+            f"{name} reported {reported.get(name)!r}, recomputed from {PIXEL_SUMMARY} {value!r}"
+            for name, value in self.metrics().items()
+            if reported.get(name) is None or not math.isclose(float(reported[name]), value, abs_tol=PIXEL_TOLERANCE)  # type: ignore[arg-type]
+        ]
+
     def to_bytes(self) -> bytes:
         arrays = {
             "format": np.array(FORMAT),
@@ -146,16 +154,17 @@ def _image_counts(grid: np.ndarray, values: np.ndarray, labels: np.ndarray | int
     return np.bincount(labels * bins + found, minlength=groups * bins).reshape(groups, bins)
 
 
+Maps = torch.Tensor | np.ndarray | Sequence[torch.Tensor]  # (N, H, W), or N maps (H, W)
+
+
 def summarise(
-    maps: torch.Tensor | np.ndarray,
-    masks: torch.Tensor | np.ndarray,
-    images: Sequence[str],
-    auroc_maps: torch.Tensor | np.ndarray | None = None,
+    maps: Maps, masks: torch.Tensor | np.ndarray, images: Sequence[str], auroc_maps: Maps | None = None
 ) -> PixelSummary:
-    """The summary of ``(N, H, W)`` anomaly maps against their binary masks, images named ``images``.
+    """The summary of anomaly maps against binary masks ``(N, H, W)``, images named ``images``.
 
     Two passes over the maps: the first takes a strided subsample of each class to set the grid,
-    the second counts each image on it; neither copies all maps (a chunk of one image at a time)."""
+    the second counts each image on it; neither copies all maps (one image at a time), so the
+    worker passes the maps it keeps for the exact metrics as they are, one view per image."""
     masks = masks.detach().cpu().numpy().astype(bool) if isinstance(masks, torch.Tensor) else np.asarray(masks, bool)
     if len(images) != len(masks):
         raise ValueError(f"{len(images)} image names for {len(masks)} masks")
@@ -165,11 +174,12 @@ def summarise(
     return PixelSummary(np.asarray(images, dtype=str), grid, good, regions, region_image, auroc)
 
 
-def _histograms(maps: torch.Tensor | np.ndarray, masks: np.ndarray, regions: bool) -> tuple[np.ndarray, ...]:
+def _histograms(maps: Maps, masks: np.ndarray, regions: bool) -> tuple[np.ndarray, ...]:
     """``(grid, good, defect, owner)``: per image good counts; defect counts per region (``regions``,
     ``owner`` its image) or per image (``owner`` empty)."""
-    if tuple(maps.shape) != masks.shape:
-        raise ValueError(f"anomaly maps {tuple(maps.shape)} and masks {masks.shape} differ in shape")
+    shapes = {tuple(m.shape) for m in maps}
+    if len(maps) != len(masks) or shapes != {masks.shape[1:]}:
+        raise ValueError(f"{len(maps)} anomaly maps of shapes {sorted(shapes)} and masks {masks.shape} differ in shape")
     n_good, n_bad = int((~masks).sum()), int(masks.sum())
     samples_good, samples_bad = [], []
     for i in range(len(masks)):
@@ -311,16 +321,6 @@ def paired_difference(
     ).confidence_interval
     point_a, point_b = a.metrics()[metric], b.metrics()[metric]
     return Difference(metric, point_a, point_b, float(low), float(high), len(good), len(bad))
-
-
-def disagreements(reported: Mapping[str, float | None], summary: PixelSummary) -> list[str]:
-    """Each reported pixel metric farther than :data:`PIXEL_TOLERANCE` from its recomputation."""
-    again = summary.metrics()
-    return [
-        f"{name} reported {reported.get(name)!r}, recomputed from {PIXEL_SUMMARY} {value!r}"
-        for name, value in again.items()
-        if reported.get(name) is None or not math.isclose(float(reported[name]), value, abs_tol=PIXEL_TOLERANCE)  # type: ignore[arg-type]
-    ]
 
 
 def read_summary(store: Store, result: RunResult) -> PixelSummary | None:

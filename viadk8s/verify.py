@@ -3,9 +3,11 @@
 Why: a number in a table is only as good as the chain behind it. Each ``result.json`` states
 metrics and intervals that are pure functions of its ``scores.csv`` (and, for intervals, of the
 bootstrap settings it records), so anyone can recompute them; a disagreement means an edited or
-corrupted file, or a changed metric implementation. The scores file's own sha256 (recorded since
-results carry ``scores_sha256``) catches an edit that leaves the metrics unchanged. A run made on
-another dependency lock is not wrong, only not reproducible here: a warning.
+corrupted file, or a changed metric implementation. Pixel metrics are recomputed from the run's
+per-image pixel summary (:mod:`viadk8s.pixel_summary`, within its binning's tolerance). The
+scores file's own sha256 (recorded since results carry ``scores_sha256``) catches an edit that
+leaves the metrics unchanged. A run made on another dependency lock is not wrong, only not
+reproducible here: a warning.
 """
 
 from __future__ import annotations
@@ -22,11 +24,9 @@ from viadk8s import stats
 from viadk8s.errors import SpecError
 from viadk8s.lock import lock_sha256
 from viadk8s.metrics import TOLERANCE, disagreements
+from viadk8s.pixel_summary import PIXEL_SUMMARY, read_summary
 from viadk8s.results import SCORES, RunResult, load_results, run_prefix
 from viadk8s.store import Store
-
-#: Pixel metrics need the anomaly maps, which a run does not store (only their metrics).
-PIXEL_NOTE = "pixel metrics: a run stores no per-image pixel summary yet, so they are not re-checked"
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,18 @@ def _intervals_differ(stored: dict[str, list[float]], again: dict[str, list[floa
     ]
 
 
+def _pixel_problems(store: Store, result: RunResult, name: str) -> list[Problem]:
+    """The pixel metrics against the run's stored pixel summary; a run without one is a warning."""
+    try:
+        summary = read_summary(store, result)
+    except ValueError as err:
+        return [Problem(name, f"{PIXEL_SUMMARY} is unreadable: {err}")]
+    if summary is None:
+        return [Problem(name, f"no {PIXEL_SUMMARY} (written before runs kept one): pixel metrics not re-checked", error=False)]
+    wrong = summary.disagreements(result.metrics)
+    return [Problem(name, f"pixel metrics disagree with {PIXEL_SUMMARY}: " + "; ".join(wrong))] if wrong else []
+
+
 def check_run(store: Store, result: RunResult) -> list[Problem]:
     """Every check of one run; scores.csv missing or unreadable is itself the one problem."""
     name = f"{result.run_key} ({result.spec.run_name})"
@@ -84,6 +96,8 @@ def check_run(store: Store, result: RunResult) -> list[Problem]:
         return [*problems, Problem(name, f"{SCORES} has no usable label/score columns ({err})")]
     if wrong:
         problems.append(Problem(name, "image metrics disagree with scores.csv: " + "; ".join(wrong)))
+    if result.data.pixel_masks:
+        problems += _pixel_problems(store, result, name)
     kept = result.uncertainty
     if kept is None:
         problems.append(Problem(name, "no stored intervals to re-check", error=False))
@@ -113,7 +127,7 @@ def verify_sweep(store: Store, sweep_id: str) -> Verification:
         raise SpecError(f"no finished run in sweep {sweep_id!r}")
     with ThreadPoolExecutor(max_workers=8) as pool:
         found = [p for problems in pool.map(lambda r: check_run(store, r), results) for p in problems]
-    notes = [PIXEL_NOTE] if any(r.data.pixel_masks for r in results) else []
+    notes = []
     unhashed = sum(r.scores_sha256 is None for r in results)
     if unhashed:
         notes.append(

@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +31,7 @@ from viadk8s.data.resolve import Datasets
 from viadk8s.data.synthetic import texture_bank
 from viadk8s.lock import lock_sha256
 from viadk8s.metrics import verify
+from viadk8s.pixel_summary import PIXEL_SUMMARY, PixelSummary
 from viadk8s.results import HISTOGRAM, SCORES, DataSummary, RunResult, Timings, Uncertainty, commit_result, run_prefix
 from viadk8s.spec import RunSpec
 from viadk8s.stats import METHOD, intervals
@@ -152,12 +154,17 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
         write_scores(scores_frame(outcome.scores, tested), work / SCORES)
         result.scores_sha256 = hashlib.sha256((work / SCORES).read_bytes()).hexdigest()
         stored = pd.read_csv(work / SCORES)
-        verify(result.metrics, stored)  # what we report is what scores.csv gives
+        summary = None
+        if outcome.pixel_summary is not None:  # its images named as in scores.csv, checked as stored
+            replace(outcome.pixel_summary, images=stored["image_path"].to_numpy(str)).write(work / PIXEL_SUMMARY)
+            summary = PixelSummary.from_bytes((work / PIXEL_SUMMARY).read_bytes())
+        verify(result.metrics, stored, summary)  # what we report is what scores.csv (and the pixel summary) give
         result.uncertainty = _uncertainty(stored, config, spec.seed)
         write_histogram(stored, spec, work / HISTOGRAM)
         overlays = write_overlays(outcome.mistakes, tested, images["bit_depth"], work / "overlays")
         result.overlays = [overlay for _, overlay in overlays]
         artifacts = [work / SCORES, work / HISTOGRAM, *prepared.files, *(path for path, _ in overlays)]
+        artifacts += [work / PIXEL_SUMMARY] if summary is not None else []
         prefix = run_prefix(spec)
         for path in artifacts:
             store.upload(f"{prefix}/{path.name}", path)

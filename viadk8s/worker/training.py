@@ -36,6 +36,7 @@ from viadk8s.data.decoded import DecodedImages, budget_mb, cache_enabled, same_r
 from viadk8s.data.images import to_float
 from viadk8s.data.layout import Sample
 from viadk8s.data.supervised import BalancedBatches, balanced_loader
+from viadk8s.pixel_summary import PixelSummary, summarise
 from viadk8s.spec import RunSpec
 from viadk8s.worker.env import loader_workers, usable_cpus
 
@@ -102,6 +103,14 @@ class PredictionCollector(Callback):
             auroc_maps = torch.cat(self.auroc_maps) if self.auroc_maps else None
             found |= metrics.pixel_metrics(torch.cat(self.maps), torch.cat(self.masks), auroc_maps)
         return found
+
+    def summary(self) -> PixelSummary | None:
+        """The collected maps counted per image on one grid (:mod:`viadk8s.pixel_summary`), read one
+        image at a time from the batches kept; images named as in :meth:`frame`. ``None``: no masks."""
+        if not self.pixel:
+            return None
+        maps, auroc_maps = ([m for batch in kept for m in batch] for kept in (self.maps, self.auroc_maps))
+        return summarise(maps, torch.cat(self.masks), self.frame()["image_path"].tolist(), auroc_maps or None)
 
 
 class EpochTimer(Callback):
@@ -290,6 +299,7 @@ class Outcome:
     tested_epoch: int  # the epoch whose weights were tested (early stop: the best on validation)
     validation: list[dict[str, float]]
     epoch_s: list[float]
+    pixel_summary: PixelSummary | None = None  # what the pixel metrics are recomputed from (pixel runs)
 
 
 def accelerator() -> str:
@@ -342,6 +352,5 @@ def train_and_test(
     engine.test(model, datamodule=data, ckpt_path=checkpoint, verbose=False)
     test_s = time.perf_counter() - start
     mistakes = [*collector.mistakes[0], *collector.mistakes[1]]
-    return Outcome(
-        collector.metrics(), collector.frame(), mistakes, fit_s, test_s, epochs_run, tested_epoch, history.points, timer.seconds
-    )
+    found, scores, summary = collector.metrics(), collector.frame(), collector.summary()
+    return Outcome(found, scores, mistakes, fit_s, test_s, epochs_run, tested_epoch, history.points, timer.seconds, summary)
