@@ -21,6 +21,7 @@ from PIL import Image
 from torchvision.transforms.v2 import Resize
 from torchvision.tv_tensors import Image as TvImage
 
+from viadk8s.backends.k8s.render import render_job
 from viadk8s.cluster_config import ClusterSettings
 from viadk8s.data import decoded as decoded_module
 from viadk8s.data.decoded import SPILL_FILE, DecodedImages, load_image
@@ -28,7 +29,6 @@ from viadk8s.data.drift import write_drifted_test_set
 from viadk8s.data.images import read_image, to_float
 from viadk8s.data.layout import Sample
 from viadk8s.errors import SpecError
-from viadk8s.k8s.render import render_job
 from viadk8s.spec import RunSpec
 from viadk8s.worker import env as worker_env
 from viadk8s.worker.training import SamplesDataModule

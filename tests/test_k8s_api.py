@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from viadk8s.cli import app
 from viadk8s.config import load_config
 from viadk8s.errors import InfraError
-from viadk8s.k8s import jobs
-from viadk8s.k8s.client import connect
+from viadk8s.backends.k8s import jobs
+from viadk8s.backends.k8s.client import connect
 from viadk8s.plan import Selection, plan
 
 

@@ -29,8 +29,8 @@ from viadk8s.cli import app
 from viadk8s.cluster_config import ClusterSettings, with_overrides
 from viadk8s.config import Config, load_config
 from viadk8s.errors import SpecError
-from viadk8s.k8s.client import resolve_namespace
-from viadk8s.k8s.render import (
+from viadk8s.backends.k8s.client import resolve_namespace
+from viadk8s.backends.k8s.render import (
     KUEUE_QUEUE_LABEL,
     SPEC_ANNOTATION,
     RenderError,

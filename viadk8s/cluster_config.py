@@ -4,6 +4,10 @@ Every string that reaches a manifest is checked here against the Kubernetes synt
 (names, label keys and values, quantities, image references), so a typo is one error line naming
 the key's path instead of a rejected Job hundreds of runs later. Tolerations and affinity use the
 Kubernetes field names, as users copy them from their cluster's docs.
+
+It lives beside :mod:`viadk8s.config` (which validates it as the ``cluster:`` key), not in
+:mod:`viadk8s.backends.k8s`: the config is read by every layer, and a lower layer never imports a
+backend. It needs pydantic only, not the Kubernetes client.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from viadk8s.backends import pending as split
 from viadk8s.config import Config
 from viadk8s.plan import Plan
-from viadk8s.results import is_done, save_sweep
 from viadk8s.spec import RunSpec
 from viadk8s.tracking import prepare_tracking
 from viadk8s.worker.env import LOADER_WORKERS, worker_env
@@ -72,14 +72,11 @@ def run_one(spec: RunSpec, config: Config, config_path: str | None, threads: int
 
 def run_plan(plan: Plan, config: Config, config_path: str | None, jobs: int, console: Console) -> Outcome:
     """Run what is not finished yet, ``jobs`` at a time; failures do not stop the sweep."""
-    store = config.open_store()
-    save_sweep(store, plan.sweep)
+    left = split(plan, config.open_store())
     if config.tracking_uri:  # create (and migrate) the MLflow database once, not in N racing workers
         prepare_tracking(config.tracking_uri, config.store_uri, plan.sweep.experiment, plan.sweep.sweep_id)
-    outcome = Outcome()
-    pending = []
-    for spec in plan.sweep.runs:
-        (outcome.skipped if is_done(store, spec) else pending).append(spec)
+    outcome = Outcome(skipped=left.done)
+    pending = left.todo
     threads = max(1, (os.cpu_count() or 1) // jobs)
     logs = logs_dir(config, plan.sweep.sweep_id)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -1,4 +1,4 @@
-"""Run experiments on a Kubernetes cluster: thin commands over :mod:`viadk8s.k8s`."""
+"""Run experiments on a Kubernetes cluster: thin commands over :mod:`viadk8s.backends.k8s`."""
 
 from __future__ import annotations
 
@@ -9,27 +9,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from viadk8s.cli.common import (
-    BatchSize,
-    Categories,
     ConfigPath,
-    Datasets,
-    Epochs,
     Experiment,
-    ImageSize,
-    Models,
-    Seeds,
-    Settings,
     Store,
-    SweepId,
-    Weights,
     app,
     console,
     err_console,
     friendly,
-    plan_from_flags,
+    selection_options,
 )
 from viadk8s.cli.runs import Costs, EstimateFlag, Parallel, show_estimate
 from viadk8s.errors import SpecError, one_of
+from viadk8s.plan import Selection, plan
 
 if TYPE_CHECKING:
     from viadk8s.config import Config
@@ -54,8 +45,8 @@ def _follow(cluster: Any, sweep_id: str | None, interval: float, timeout: float 
     """Show a sweep's status live until every Job has finished; returns the last SweepStatus."""
     from rich.live import Live
 
-    from viadk8s.k8s import jobs
-    from viadk8s.k8s.view import status_view
+    from viadk8s.backends.k8s import jobs
+    from viadk8s.backends.k8s.view import status_view
 
     with Live(console=console, refresh_per_second=1) as live:
         return jobs.wait(cluster, sweep_id, on_update=lambda s: live.update(status_view(s)), interval=interval, timeout=timeout)
@@ -63,42 +54,21 @@ def _follow(cluster: Any, sweep_id: str | None, interval: float, timeout: float 
 
 @app.command()
 @friendly
+@selection_options
 def render(
     experiment: Experiment,
     out: Annotated[Path, typer.Option(help="folder for the manifests, one file per run")],
-    models: Models = None,
-    datasets: Datasets = None,
-    categories: Categories = None,
-    seeds: Seeds = None,
-    image_size: ImageSize = None,
-    weights: Weights = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    sweep: SweepId = None,
-    settings: Settings = None,
+    selection: Selection,
     config: ConfigPath = None,
     namespace: Namespace = None,
     image: Image = None,
 ) -> None:
     """Write the Kubernetes manifests of an experiment (a ConfigMap and one Job per run); nothing is contacted."""
-    from viadk8s.k8s.client import resolve_namespace
-    from viadk8s.k8s.render import render_sweep
+    from viadk8s.backends.k8s.client import resolve_namespace
+    from viadk8s.backends.k8s.render import render_sweep
 
     cfg = _cluster_config(config, namespace=namespace, image=image)
-    planned = plan_from_flags(
-        experiment,
-        cfg,
-        models=models,
-        datasets=datasets,
-        categories=categories,
-        seeds=seeds,
-        image_size=image_size,
-        weights=weights,
-        epochs=epochs,
-        batch_size=batch_size,
-        sweep=sweep,
-        settings=settings,
-    )
+    planned = plan(experiment, selection, cfg)
     rendered = render_sweep(planned, cfg, resolve_namespace(cfg.cluster))
     written = rendered.write(out)
     console.print(
@@ -110,18 +80,10 @@ def render(
 
 @app.command()
 @friendly
+@selection_options
 def submit(
     experiment: Experiment,
-    models: Models = None,
-    datasets: Datasets = None,
-    categories: Categories = None,
-    seeds: Seeds = None,
-    image_size: ImageSize = None,
-    weights: Weights = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    sweep: SweepId = None,
-    settings: Settings = None,
+    selection: Selection,
     store: Store = None,
     config: ConfigPath = None,
     namespace: Namespace = None,
@@ -136,29 +98,16 @@ def submit(
     costs: Costs = None,
 ) -> None:
     """Submit an experiment as Kubernetes Jobs; finished runs and existing Jobs are skipped (submit again to resume)."""
-    from viadk8s.k8s import jobs
-    from viadk8s.k8s.client import connect
-    from viadk8s.k8s.view import submit_lines
+    from viadk8s.backends.k8s import jobs
+    from viadk8s.backends.k8s.client import connect
+    from viadk8s.backends.k8s.view import submit_lines
 
     if dry_run not in (None, "client", "server"):
         raise one_of("--dry-run", dry_run, ["client", "server"])
     if wait and dry_run:
         raise SpecError("--wait needs a real submission: drop --dry-run")
     cfg = _cluster_config(config, store=store, namespace=namespace, context=context, image=image)
-    planned = plan_from_flags(
-        experiment,
-        cfg,
-        models=models,
-        datasets=datasets,
-        categories=categories,
-        seeds=seeds,
-        image_size=image_size,
-        weights=weights,
-        epochs=epochs,
-        batch_size=batch_size,
-        sweep=sweep,
-        settings=settings,
-    )
+    planned = plan(experiment, selection, cfg)
     for note in planned.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     if estimate:  # only the estimate: the cluster is not contacted
@@ -184,9 +133,9 @@ def status(
     interval: Annotated[float, typer.Option(min=1, help="with --watch: seconds between refreshes")] = 10,
 ) -> None:
     """Runs on the cluster: pending, running, succeeded, failed, each with its reason."""
-    from viadk8s.k8s import jobs
-    from viadk8s.k8s.client import connect
-    from viadk8s.k8s.view import status_view
+    from viadk8s.backends.k8s import jobs
+    from viadk8s.backends.k8s.client import connect
+    from viadk8s.backends.k8s.view import status_view
 
     cluster = connect(_cluster_config(config, namespace=namespace, context=context).cluster)
     if watch:
@@ -206,8 +155,8 @@ def logs(
     tail: Annotated[int | None, typer.Option(min=1, help="only the last N lines")] = None,
 ) -> None:
     """Print the worker log of a run's newest pod."""
-    from viadk8s.k8s import jobs
-    from viadk8s.k8s.client import connect
+    from viadk8s.backends.k8s import jobs
+    from viadk8s.backends.k8s.client import connect
 
     cluster = connect(_cluster_config(config, namespace=namespace, context=context).cluster)
     pod, text = jobs.run_logs(cluster, run_key, sweep, tail)
@@ -224,8 +173,8 @@ def cancel(
     config: ConfigPath = None,
 ) -> None:
     """Delete a sweep's Jobs and their pods (results already in the store stay)."""
-    from viadk8s.k8s import jobs
-    from viadk8s.k8s.client import connect
+    from viadk8s.backends.k8s import jobs
+    from viadk8s.backends.k8s.client import connect
 
     cluster = connect(_cluster_config(config, namespace=namespace, context=context).cluster)
     deleted = jobs.cancel(cluster, sweep)

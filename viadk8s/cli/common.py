@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from functools import wraps
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from viadk8s import catalog
 from viadk8s.errors import SpecError, Viadk8sError, one_of
-
-if TYPE_CHECKING:
-    from viadk8s.config import Config
-    from viadk8s.plan import Plan
+from viadk8s.plan import Selection
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark anomaly-detection models the way production needs.")
 console = Console()
@@ -53,9 +52,7 @@ def int_list(value: str | None, flag: str) -> list[int] | None:
         raise SpecError(f"bad {flag} {value!r}; allowed: comma-separated integers") from None
 
 
-Experiment = Annotated[
-    str, typer.Option("--experiment", "-e", help="evaluation, input_size, validation, noisy_labels, data_drift, supervised")
-]
+Experiment = Annotated[str, typer.Option("--experiment", "-e", help=", ".join(catalog.experiments()))]
 Models = Annotated[str | None, typer.Option(help="comma-separated model keys (default: the experiment's)")]
 Datasets = Annotated[
     str | None, typer.Option(help="comma-separated dataset keys, or 'paper' (default: configured ones, else synthetic)")
@@ -89,22 +86,69 @@ def key_values(pairs: list[str] | None) -> dict[str, Any]:
     return chosen
 
 
-def plan_from_flags(experiment: str, config: Config, **chosen: Any) -> Plan:
-    """The sweep of the selection flags shared by plan, run, render and submit."""
-    from viadk8s.plan import Selection, plan
-
-    if chosen["weights"] not in (None, "imagenet", "random"):
-        raise one_of("weights", chosen["weights"], ["imagenet", "random"])
-    selection = Selection(
-        models=split_list(chosen["models"]),
-        datasets=split_list(chosen["datasets"]),
-        categories=split_list(chosen["categories"]),
-        seeds=int_list(chosen["seeds"], "--seeds"),
-        image_sizes=int_list(chosen["image_size"], "--image-size"),
-        weights=chosen["weights"],
-        max_epochs=chosen["epochs"],
-        batch_size=chosen["batch_size"],
-        sweep=chosen["sweep"],
-        variant=key_values(chosen["settings"]),
+def _selection(
+    models: str | None,
+    datasets: str | None,
+    categories: str | None,
+    seeds: str | None,
+    image_size: str | None,
+    weights: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    sweep: str | None,
+    settings: list[str] | None,
+) -> Selection:
+    """The selection flags as the library's :class:`~viadk8s.plan.Selection`."""
+    if weights not in (None, "imagenet", "random"):
+        raise one_of("weights", weights, ["imagenet", "random"])
+    return Selection(
+        models=split_list(models),
+        datasets=split_list(datasets),
+        categories=split_list(categories),
+        seeds=int_list(seeds, "--seeds"),
+        image_sizes=int_list(image_size, "--image-size"),
+        weights=weights,
+        max_epochs=epochs,
+        batch_size=batch_size,
+        sweep=sweep,
+        variant=key_values(settings),
     )
-    return plan(experiment, selection, config)
+
+
+#: The options that narrow an experiment (plan, run, render, submit), as ``_selection`` takes them.
+SELECTION_OPTIONS: dict[str, Any] = {
+    "models": Models,
+    "datasets": Datasets,
+    "categories": Categories,
+    "seeds": Seeds,
+    "image_size": ImageSize,
+    "weights": Weights,
+    "epochs": Epochs,
+    "batch_size": BatchSize,
+    "sweep": SweepId,
+    "settings": Settings,
+}
+
+
+def selection_options(command: F) -> F:
+    """Declare the selection options once: Typer sees them in place of the command's
+    ``selection`` parameter, and the command receives them as one :class:`~viadk8s.plan.Selection`."""
+    signature = inspect.signature(command, eval_str=True)
+    params = list(signature.parameters.values())
+    at = [p.name for p in params].index("selection")
+    options = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        for name, annotation in SELECTION_OPTIONS.items()
+    ]
+    rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[at + 1 :]]
+    head = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[:at]]
+
+    @wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        chosen = {name: kwargs.pop(name) for name in SELECTION_OPTIONS}
+        return command(**kwargs, selection=_selection(**chosen))
+
+    declared = signature.replace(parameters=[*head, *options, *rest])
+    wrapper.__signature__ = declared  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in declared.parameters.values()}
+    return wrapper  # type: ignore[return-value]

@@ -13,28 +13,20 @@ from rich.table import Table
 
 from viadk8s import catalog
 from viadk8s.cli.common import (
-    BatchSize,
-    Categories,
     ConfigPath,
-    Datasets,
-    Epochs,
     Experiment,
-    ImageSize,
-    Models,
     OperatingPoints,
-    Seeds,
-    Settings,
     Store,
     SweepId,
-    Weights,
     app,
     console,
     err_console,
     friendly,
-    plan_from_flags,
+    selection_options,
     split_list,
 )
 from viadk8s.errors import SpecError, one_of
+from viadk8s.plan import Selection, plan
 
 if TYPE_CHECKING:
     from viadk8s.config import Config
@@ -59,18 +51,10 @@ def show_estimate(planned: Plan, config: Config, costs: Path | None, parallel: i
 
 @app.command("plan")
 @friendly
+@selection_options
 def plan_command(
     experiment: Experiment,
-    models: Models = None,
-    datasets: Datasets = None,
-    categories: Categories = None,
-    seeds: Seeds = None,
-    image_size: ImageSize = None,
-    weights: Weights = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    sweep: SweepId = None,
-    settings: Settings = None,
+    selection: Selection,
     config: ConfigPath = None,
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
     estimate: EstimateFlag = False,
@@ -81,20 +65,7 @@ def plan_command(
     from viadk8s.config import load_config
 
     cfg = load_config(config)
-    result = plan_from_flags(
-        experiment,
-        cfg,
-        models=models,
-        datasets=datasets,
-        categories=categories,
-        seeds=seeds,
-        image_size=image_size,
-        weights=weights,
-        epochs=epochs,
-        batch_size=batch_size,
-        sweep=sweep,
-        settings=settings,
-    )
+    result = plan(experiment, selection, cfg)
     if estimate:
         show_estimate(result, cfg, costs, parallel)
         return
@@ -115,18 +86,10 @@ def plan_command(
 
 @app.command()
 @friendly
+@selection_options
 def run(
     experiment: Experiment,
-    models: Models = None,
-    datasets: Datasets = None,
-    categories: Categories = None,
-    seeds: Seeds = None,
-    image_size: ImageSize = None,
-    weights: Weights = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    sweep: SweepId = None,
-    settings: Settings = None,
+    selection: Selection,
     store: Store = None,
     config: ConfigPath = None,
     jobs: Annotated[int, typer.Option(min=1, help="runs at a time")] = 1,
@@ -136,20 +99,7 @@ def run(
     from viadk8s.config import load_config
 
     cfg = load_config(config, store=store)
-    planned = plan_from_flags(
-        experiment,
-        cfg,
-        models=models,
-        datasets=datasets,
-        categories=categories,
-        seeds=seeds,
-        image_size=image_size,
-        weights=weights,
-        epochs=epochs,
-        batch_size=batch_size,
-        sweep=sweep,
-        settings=settings,
-    )
+    planned = plan(experiment, selection, cfg)
     for note in planned.notes:
         console.print(f"note: {note}")
     outcome = run_plan(planned, cfg, config, jobs, console)

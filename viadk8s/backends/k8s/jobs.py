@@ -10,19 +10,18 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kubernetes import client
 
+from viadk8s.backends import pending
+from viadk8s.backends.k8s.client import Cluster, resolve_namespace
+from viadk8s.backends.k8s.render import LABEL_PREFIX, WORKER_SELECTOR, RenderedSweep, config_map_name, render_sweep
 from viadk8s.config import Config
 from viadk8s.errors import InfraError, SpecError
-from viadk8s.k8s.client import Cluster, resolve_namespace
-from viadk8s.k8s.render import LABEL_PREFIX, WORKER_SELECTOR, RenderedSweep, config_map_name, render_sweep
 from viadk8s.plan import Plan
-from viadk8s.results import is_done, save_sweep
 from viadk8s.spec import SWEEP_ID
 
 DryRun = Literal["client", "server"]
@@ -101,25 +100,22 @@ def submit(planned: Plan, config: Config, cluster: Cluster | None, dry_run: DryR
     namespace = cluster.namespace if cluster else resolve_namespace(config.cluster)
     rendered = render_sweep(planned, config, namespace)
     report = SubmitReport(sweep.sweep_id, namespace, dry_run)
-    store = config.open_store()
-    with ThreadPoolExecutor(max_workers=16) as pool:  # one HEAD per run on an object store
-        finished = list(pool.map(lambda job: is_done(store, job.spec), rendered.jobs))
-    pending = [job for job, done in zip(rendered.jobs, finished, strict=True) if not done]
-    report.done = [job.spec.run_key for job, done in zip(rendered.jobs, finished, strict=True) if done]
+    present = {job.metadata.name for job in existing_jobs(cluster, sweep.sweep_id)} if cluster else set()
+    left = pending(planned, config.open_store(), record=dry_run is None)
+    todo = {spec.run_key for spec in left.todo}
+    jobs = [job for job in rendered.jobs if job.spec.run_key in todo]
+    report.done = [spec.run_key for spec in left.done]
     if config.store_uri.startswith("file://"):
         report.notes.append(
             f"the store {config.store_uri} is a folder on this machine: pods cannot write there; use an s3:// store on a cluster"
         )
     if cluster is None:
-        report.created = [job.name for job in pending]
+        report.created = [job.name for job in jobs]
         report.notes.append("client dry run: Jobs already on the cluster were not checked")
         return report
     server_dry_run = "All" if dry_run == "server" else None
-    present = {job.metadata.name for job in existing_jobs(cluster, sweep.sweep_id)}
-    if dry_run is None:
-        save_sweep(store, sweep)
     _apply_config_map(cluster, rendered, server_dry_run)
-    for job in pending:
+    for job in jobs:
         created = job.name not in present and cluster.attempt(
             409, f"create Job {job.name}", cluster.batch.create_namespaced_job, namespace, job.body, dry_run=server_dry_run
         )

@@ -7,7 +7,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from viadk8s.k8s.jobs import SubmitReport, SweepStatus
+from viadk8s.backends.k8s.jobs import SubmitReport, SweepStatus
 
 STYLES = {"pending": "yellow", "running": "cyan", "succeeded": "green", "failed": "red"}
 #: Failed runs first: they are what a person has to act on.
