@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -8,7 +9,7 @@ from viadk8s import catalog
 from viadk8s.config import load_config
 from viadk8s.errors import SpecError
 from viadk8s.plan import Selection, plan
-from viadk8s.spec import RunSpec, Variant
+from viadk8s.spec import COLUMNS, RunSpec, Variant, column
 
 
 def test_catalog_matches_protocol() -> None:
@@ -121,3 +122,75 @@ def test_plan_cli_json(cli) -> None:  # noqa: ANN001 - fixture
     assert {(r["image_size"], r["category"]) for r in sweep["runs"]} == {
         (s, c) for s in (128, 256, 512) for c in ("tiles", "fabric")
     }
+
+
+#: Two values of each spec field an experiment may vary, for a made-up experiment on that axis.
+AXIS_VALUES: dict[str, list[Any]] = {
+    "image_size": [128, 256],
+    "validation": ["last_epoch", "val_early_stop"],
+    "contamination": [0.0, 0.04],
+    "drift": ["none", "synthetic"],
+    "supervised_k": [0, 10],
+    "train_fraction": [0.25, 1.0],
+    "monitor": ["image_AUROC", "pixel_AUPRO"],
+    "patience": [5, 10],
+    "check_every": [1, 2],
+}
+
+
+def _tables_of_a_plan(experiment: str, models: list[str]) -> dict:
+    """Plan ``experiment`` on the default synthetic data, give every run a made-up result, tabulate."""
+    from tests.checks import made_up_result
+    from viadk8s import aggregate
+
+    planned = plan(experiment, Selection(models=models, seeds=[1], categories=["tiles"]), load_config())
+    results = [made_up_result(spec, auroc=0.5 + i / 1000) for i, spec in enumerate(planned.sweep.runs)]
+    return aggregate.summarise(results, experiment).tables
+
+
+@pytest.mark.parametrize("experiment", list(catalog.experiments()))
+def test_every_catalog_experiment_plans_and_tabulates(experiment: str) -> None:
+    entry = catalog.experiment(experiment)
+    named = _tables_of_a_plan(experiment, entry.models[:2])
+    for field, values in entry.axes.items():
+        label = column(field).label
+        shown = [label(v) for v in values] if len(values) > 1 else ["synthetic"]  # one value: the plain table
+        assert sorted(shown) == sorted(named["per_dataset"].columns), experiment
+
+
+def test_every_variant_field_is_an_axis_with_labelled_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An experiment on any field a spec may vary plans, runs (made up) and tabulates: a field
+    added without a table column (spec.Column) fails here, not after a sweep."""
+    assert set(AXIS_VALUES) == set(Variant.model_fields) | {"image_size"}, "add the new field here and its Column"
+    assert set(COLUMNS) == set(AXIS_VALUES) | {"weights"}  # weights: names methods apart, set per sweep (--weights)
+    known = catalog.experiments()
+    for field, values in AXIS_VALUES.items():
+        probe = catalog.ExperimentEntry(
+            key="probe", title=field, datasets=["synthetic"], models=["supersimplenet"], seeds=[1],
+            axes={field: values}, metrics=["image_AUROC", "pixel_AUPRO"],
+        )  # fmt: skip
+        monkeypatch.setattr(catalog, "experiments", lambda probe=probe: {**known, "probe": probe})
+        named = _tables_of_a_plan("probe", ["supersimplenet"])
+        label = column(field).label
+        assert list(named["per_dataset"].columns) == [label(v) for v in values], field
+        assert len({label(v) for v in values}) == 2, f"{field}: two values, one label"
+        methods = set(named["per_dataset"].index.get_level_values(0))
+        assert methods == {"SuperSimpleNet"}, f"{field}: the axis must not name methods apart: {methods}"
+
+
+def test_a_field_without_a_column_is_named() -> None:
+    with pytest.raises(SpecError, match="spec field 'seed' has no table column; fields an experiment may vary: image_size"):
+        column("seed")
+
+
+def test_early_stopping_monitors_what_the_worker_can_validate() -> None:
+    from viadk8s.worker.adapters import _validation_metric
+
+    assert set(catalog.MONITORED) < set(catalog.METRICS) and catalog.IMAGE_METRICS == tuple(
+        m for m in catalog.METRICS if m.startswith("image_")
+    )
+    for metric in catalog.MONITORED:
+        assert Variant(monitor=metric).monitor == metric
+        assert _validation_metric(metric) is not None
+    with pytest.raises(ValueError, match="cannot be monitored"):
+        Variant(monitor="image_PG2")

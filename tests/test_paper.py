@@ -13,6 +13,7 @@ from viadk8s import catalog
 from viadk8s.paper import against_paper
 from viadk8s.results import DataSummary, RunResult, Timings
 from viadk8s.spec import RunSpec, Variant
+from viadk8s.spec import column as axis_column
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper-tables.md"
 
@@ -46,9 +47,9 @@ def test_every_printed_value_is_transcribed() -> None:
     expected: dict[tuple[str, str, str, str, str, str], float] = {}
     for number, (metrics, headers, rows) in printed.items():
         table = catalog.paper()[number]
-        assert [agg.abbrev(m) for m in table.metrics] == metrics
+        assert [catalog.abbrev(m) for m in table.metrics] == metrics
         assert [c.header for c in table.columns] == headers
-        label = agg.AXIS_LABELS[next(iter(catalog.experiment(table.experiment).axes))]
+        label = axis_column(next(iter(catalog.experiment(table.experiment).axes))).label
         for (model, dataset), cells in rows.items():
             assert len(cells) == len(headers), (number, model, dataset)
             for column, cell in zip(table.columns, cells, strict=True):
@@ -57,7 +58,7 @@ def test_every_printed_value_is_transcribed() -> None:
                     key = (number, _key(model, catalog.models()), where, label(column.value), metric)
                     expected[key] = float(value)
     transcribed = {
-        (c.table, c.model, c.dataset, agg.AXIS_LABELS[c.axis](c.value), c.metric): round(100 * c.paper, 1)
+        (c.table, c.model, c.dataset, axis_column(c.axis).label(c.value), c.metric): round(100 * c.paper, 1)
         for c in catalog.paper_cells()
     }
     assert len(catalog.paper_cells()) == len(transcribed) == 554  # no cell twice
@@ -94,7 +95,7 @@ def test_our_cells_beside_the_papers_hand_computed() -> None:
         _result("patchcore", "vad", "vad", 0.04, 1, image_AUROC=0.80, image_PG2=0.1, image_PB2=0.5),
         _result("patchcore", "vad", "vad", 0.04, 2, image_AUROC=0.90, image_PG2=0.3, image_PB2=0.7),
     ]
-    found = against_paper(results, None)
+    found = against_paper(results, agg.summarise(results, "noisy_labels"))
     t13 = found.tables["paper_table_13"].reset_index()
     mine = {(r["dataset"], r["setting"], r["metric"]): r for r in t13[t13["method"] == "PatchCore"].to_dict("records")}
     sodf = mine[("sensum_sodf", "4%", "im.AUROC")]
@@ -132,8 +133,9 @@ def test_the_papers_value_inside_or_outside_our_interval() -> None:
         results[0].run_key: _scores([0.1, 0.2, 0.3], [0.7, 0.8, 0.9]),
         results[1].run_key: _scores([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
     }
-    resampled = agg.resampled_frame(results, scores, default_resamples=200)
-    table = against_paper(results, resampled).tables["paper_table_13"].loc["PatchCore"]
+    table = (
+        against_paper(results, agg.summarise(results, "noisy_labels", scores=scores)).tables["paper_table_13"].loc["PatchCore"]
+    )
     rows = table.reset_index().set_index(["dataset", "setting", "metric"])
     assert rows.loc[("sensum_sodf", "4%", "im.AUROC"), ["interval", "paper inside"]].tolist() == ["[100.0, 100.0]", "no"]
     assert rows.loc[("viaduct", "4%", "im.AUROC"), ["ours", "interval", "difference"]].tolist() == [
@@ -146,8 +148,11 @@ def test_the_papers_value_inside_or_outside_our_interval() -> None:
 
 def test_a_sweep_on_other_data_or_experiments_is_one_note() -> None:
     other = _result("patchcore", "mpdd", "tubes", 0.04, 1, image_AUROC=0.9)
-    found = against_paper([other], None)
+    found = against_paper([other], agg.summarise([other], "noisy_labels"))
     assert found.tables == {} and len(found.notes) == 1 and "nothing to compare" in found.notes[0]
     spec = RunSpec(sweep="e", experiment="evaluation", model="padim", dataset="visa", category="pcb1", seed=1)
     evaluation = other.model_copy(update={"spec": spec, "run_key": spec.run_key})
-    assert "do not report the evaluation experiment" in against_paper([evaluation], None).notes[0]
+    assert (
+        "do not report the evaluation experiment"
+        in against_paper([evaluation], agg.summarise([evaluation], "evaluation")).notes[0]
+    )

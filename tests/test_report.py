@@ -157,3 +157,33 @@ def test_report_opens_in_a_real_browser_with_nothing_missing(sweep: Path) -> Non
     )  # AUROC, PG2, PB2
     assert sum(a.startswith("test/") for a in alts) == 6 * 8  # four good and four bad overlays per run
     assert headings[:2] == ["Tables with 95 % intervals", "Paper-shaped tables"] and "Provenance" in headings
+
+
+def test_a_report_builds_the_runs_frame_once_and_enters_aggregate_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Following the calls from ``report.build``: one runs frame, and control enters aggregate.py
+    (a call into it from another viadk8s module) at most twice."""
+    from tests.fake_sweep import fake_sweep
+    from viadk8s import aggregate, report
+    from viadk8s.store import FileStore
+
+    store = FileStore(tmp_path / "store")
+    results = fake_sweep(store, {"patchcore": 2.0, "padim": 1.5, "fastflow": 1.0}, ["tiles", "fabric"])
+    built, entries = [], []
+    original = aggregate.runs_frame
+    monkeypatch.setattr(aggregate, "runs_frame", lambda found: built.append(len(found)) or original(found))
+    here = aggregate.__file__
+
+    def profile(frame, event, arg) -> None:  # noqa: ANN001
+        caller = frame.f_back
+        if event == "call" and frame.f_code.co_filename == here and caller is not None:
+            source = caller.f_code.co_filename
+            if f"{os.sep}viadk8s{os.sep}" in source and source != here:
+                entries.append(f"{frame.f_code.co_name} from {Path(source).name}")
+
+    sys.setprofile(profile)
+    try:
+        html = report.build(store, "fake", results)
+    finally:
+        sys.setprofile(None)
+    assert built == [6] and len(entries) <= 2, entries
+    assert "PatchCore" in html

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from viadk8s import metrics, stats
+from viadk8s import catalog, metrics, stats
 from viadk8s.errors import SpecError
 
 
@@ -26,13 +26,38 @@ def frame(good: np.ndarray, bad: np.ndarray, defects: list[str] | None = None) -
 
 
 def test_batched_metrics_equal_the_reported_ones_with_ties() -> None:
+    """Every image metric of the one list (catalog.IMAGE_METRICS), three ways: the worker's
+    (torch), the bootstrap's (vectorised numpy) and the pre-commit check's (scikit-learn)."""
     rng = np.random.default_rng(7)
     for _ in range(40):
         good = np.round(rng.normal(0, 1, rng.integers(3, 40)), 1)  # rounding makes ties
         bad = np.round(rng.normal(1, 1, rng.integers(2, 20)), 1)
-        batched = stats.image_metrics_batch(good, bad)
-        reference = metrics.image_metrics(torch.tensor(np.r_[good, bad]), torch.tensor([0] * len(good) + [1] * len(bad)))
-        assert batched == pytest.approx([reference[m] for m in metrics.IMAGE_METRICS], abs=1e-12)
+        batched = dict(zip(catalog.IMAGE_METRICS, stats.image_metrics_batch(good, bad), strict=True))
+        labels = [0] * len(good) + [1] * len(bad)
+        reported = metrics.image_metrics(torch.tensor(np.r_[good, bad]), torch.tensor(labels))
+        again = metrics.recompute_image_metrics(pd.DataFrame({"label": labels, "score": np.r_[good, bad]}))
+        assert list(reported) == list(again) == list(catalog.IMAGE_METRICS)
+        for name in catalog.IMAGE_METRICS:
+            assert batched[name] == pytest.approx(reported[name], abs=1e-12) == again[name], name
+
+
+def test_estimates_of_groups_equal_a_hand_computation() -> None:
+    """Two seeds' point values and 4 replicates each: the mean, its spread, and the percentile
+    interval of the replicates' mean over seeds; a metric no run has drops out."""
+    rows = [
+        {"g": "a", "seed": 1, "resample": -1, "m": 0.8, "p": None},
+        {"g": "a", "seed": 2, "resample": -1, "m": 0.6, "p": None},
+    ]
+    for seed, replicates in ((1, [0.7, 0.8, 0.9, 1.0]), (2, [0.5, 0.6, 0.6, 0.7])):
+        rows += [{"g": "a", "seed": seed, "resample": r, "m": v, "p": None} for r, v in enumerate(replicates)]
+    (row,) = stats.estimates(pd.DataFrame(rows), ["g"], ["m", "p"], 0.5).to_dict("records")
+    means = np.array([0.6, 0.7, 0.75, 0.85])  # per replicate, over the two seeds
+    assert (row["metric"], row["seeds"]) == ("m", 2)
+    assert (row["mean"], row["std"]) == (pytest.approx(0.7), pytest.approx(0.1))
+    assert (row["low"], row["high"]) == pytest.approx(np.percentile(means, [25, 75]))
+    assert stats.estimate(pd.DataFrame(rows), "m", 0.5) == stats.Estimate(
+        pytest.approx(0.7), pytest.approx(0.1), 2, pytest.approx(tuple(np.percentile(means, [25, 75])))
+    )
 
 
 def test_interval_covers_the_true_auroc_at_about_its_nominal_rate() -> None:
@@ -147,6 +172,8 @@ def test_interval_of_a_dataset_mean_is_taken_resample_by_resample() -> None:
         scores[result.run_key] = table
     resampled = aggregate.resampled_frame(results, scores, default_resamples=400)
     named = aggregate.tables(results, ["image_AUROC"], resampled=resampled, confidence=0.9)
+    again = aggregate.tables(aggregate.runs_frame(results), ["image_AUROC"], resampled=resampled, confidence=0.9)
+    assert all(again[name].equals(table) for name, table in named.items())  # from results or their frame: the same
     mean = np.mean([stats.distribution(scores[r.run_key], 400, 3)[0] for r in results], axis=0)
     low, high = stats.percentile_interval(mean, 0.9)
     point = np.mean([r.metrics["image_AUROC"] for r in results])
@@ -155,3 +182,37 @@ def test_interval_of_a_dataset_mean_is_taken_resample_by_resample() -> None:
         own = stats.intervals(scores[result.run_key], 400, 0.9, 3)["image_AUROC"]
         cell = named["per_category"].loc["PaDiM", f"synthetic/{result.spec.category}"]
         assert cell == f"{100 * result.metrics['image_AUROC']:.1f} [{100 * own[0]:.1f}, {100 * own[1]:.1f}]"
+
+
+def test_pixel_metrics_get_intervals_and_pair_from_the_runs_pixel_summaries() -> None:
+    """A run's pixel summary gives its pixel metrics bootstrap replicates (the run's settings, as
+    its image metrics) and per-image paired compares; a pixel metric without summaries cannot pair."""
+    from tests.checks import made_up_result
+    from viadk8s import aggregate, compare, pixel_summary
+    from viadk8s.spec import RunSpec
+
+    rng = np.random.default_rng(5)
+    masks = np.zeros((12, 32, 32), bool)
+    masks[6:, 8:20, 8:20] = True
+    maps = rng.normal(size=masks.shape).astype(np.float32)
+    names = [f"test/x/{i:03d}.png" for i in range(12)]
+    results, scores, summaries = [], {}, {}
+    for model, gain in (("padim", 1.5), ("patchcore", 0.3)):
+        spec = RunSpec(sweep="s", experiment="evaluation", model=model, dataset="synthetic", category="fabric", seed=3)
+        summary = pixel_summary.summarise(maps + gain * masks, masks, names)
+        result = made_up_result(spec)
+        result.metrics |= summary.metrics()
+        result.data.pixel_masks = True
+        results.append(result)
+        scores[result.run_key] = frame(rng.normal(0, 1, 6), rng.normal(1, 1, 6))
+        summaries[result.run_key] = summary
+    resampled = aggregate.resampled_frame(results, scores, default_resamples=300, summaries=summaries)
+    named = aggregate.tables(results, ["pixel_AUPRO"], resampled=resampled, confidence=0.9)
+    padim = results[0]
+    low, high = pixel_summary.intervals(summaries[padim.run_key], 300, 0.9, 3)["pixel_AUPRO"]
+    point = padim.metrics["pixel_AUPRO"]
+    assert named["per_category"].loc["PaDiM", "synthetic/fabric"] == f"{100 * point:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+    (found,) = compare.paired(results, scores, "padim", "patchcore", "pixel_AUPRO", 300, 0.95, summaries)
+    assert found.difference.verdict == "better" and found.difference.a == pytest.approx(point)
+    with pytest.raises(SpecError, match="has no pixel_summary.npz"):
+        compare.paired(results, scores, "padim", "patchcore", "pixel_AUROC", 300)

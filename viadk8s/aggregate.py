@@ -8,12 +8,16 @@ a dataset cannot have (no masks) is "–".
 An experiment with an axis (input size, contamination, drift, validation strategy) gets the shape
 of the supplement's tables 13–15: rows method × dataset, one column per axis value; and a summary
 (tables 11/12): rows method, the mean "D" per axis value, datasets reported apart (AeBAD) beside it.
+
+:func:`summarise` is the one entry for ``viadk8s aggregate`` and ``viadk8s report``: it builds the
+runs frame once and computes every table, estimate and plot from it.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,36 +29,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from viadk8s import catalog, stats  # noqa: E402
+from viadk8s import catalog, pixel_summary, stats  # noqa: E402
+from viadk8s.catalog import IMAGE_METRICS, abbrev  # noqa: E402
 from viadk8s.errors import SpecError, one_of  # noqa: E402
-from viadk8s.metrics import IMAGE_METRICS  # noqa: E402
 from viadk8s.results import RunResult  # noqa: E402
-from viadk8s.spec import Variant  # noqa: E402
+from viadk8s.spec import COLUMNS, column  # noqa: E402
+from viadk8s.stats import estimates  # noqa: E402
 
 FORMATS = {"md": "md", "csv": "csv", "latex": "tex"}
 MISSING = "–"
 log = logging.getLogger(__name__)
 MEAN_COLUMN = "D"
-#: Fields that tell two methods' settings apart when they vary within a sweep (the axis excepted).
-IDENTITY = (
-    "image_size",
-    "weights",
-    "epochs",
-    "contamination",
-    "drift",
-    "validation",
-    "supervised_k",
-    "monitor",
-    "patience",
-    "check_every",
-)
-AXIS_LABELS: dict[str, Callable[[Any], str]] = {
-    "image_size": lambda v: f"Size {v}",
-    "contamination": lambda v: f"{round(100 * float(v))}%",
-    "drift": lambda v: {"none": "No drift", "synthetic": "Drift"}.get(v, str(v)),
-    "validation": str,
-    "supervised_k": lambda v: f"k={v}",
-}
+#: Fields that tell two methods' settings apart when they vary within a sweep (the axis excepted):
+#: the spec's (:data:`viadk8s.spec.COLUMNS`), and the epochs a result ran (capped by ``max_epochs``).
+IDENTITY = (*(f for f, c in COLUMNS.items() if c.identity), "epochs")
 
 
 def _reported_dataset(dataset: str, category: str) -> str:
@@ -91,9 +79,16 @@ def runs_frame(results: Sequence[RunResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def resampled_frame(results: Sequence[RunResult], scores: dict[str, pd.DataFrame], default_resamples: int = 1000) -> pd.DataFrame:
+def resampled_frame(
+    results: Sequence[RunResult],
+    scores: dict[str, pd.DataFrame],
+    default_resamples: int = 1000,
+    summaries: dict[str, pixel_summary.PixelSummary] | None = None,
+) -> pd.DataFrame:
     """Each run's bootstrap distribution of its image metrics, one row per (run, resample),
-    recomputed from its scores.csv with the settings its result stored (the run's seed otherwise)."""
+    recomputed from its scores.csv with the settings its result stored (the run's seed otherwise);
+    with its pixel summary in ``summaries`` (:func:`viadk8s.pixel_summary.load_summaries`), its
+    pixel metrics' too, resampled over images with the same settings."""
     parts = []
     for result in results:
         if result.run_key not in scores:
@@ -102,6 +97,8 @@ def resampled_frame(results: Sequence[RunResult], scores: dict[str, pd.DataFrame
         resamples, seed = (kept.resamples, kept.seed) if kept else (default_resamples, result.spec.seed)
         values = stats.distribution(scores[result.run_key], resamples, seed)
         replicas = pd.DataFrame(values.T, columns=list(IMAGE_METRICS))
+        if summaries and result.run_key in summaries:
+            replicas[list(pixel_summary.PIXEL_METRICS)] = pixel_summary.distribution(summaries[result.run_key], resamples, seed).T
         parts.append(replicas.assign(run_key=result.run_key, resample=range(resamples)))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run_key", "resample", *IMAGE_METRICS])
 
@@ -120,46 +117,10 @@ def with_methods(frame: pd.DataFrame, axis: str | None) -> pd.DataFrame:
     return frame.sort_values(["_order", "method"], kind="stable")
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """One cell's number (0..1): the mean over seeds, their spread, and with bootstrap replicates
-    the percentile interval of that mean."""
-
-    mean: float
-    std: float
-    seeds: int
-    interval: tuple[float, float] | None
-
-
-def estimate(values: pd.DataFrame, metric: str, confidence: float | None = None) -> Estimate | None:
-    """``metric`` of per-seed ``values`` (rows with ``resample`` >= 0 are bootstrap replicates, used
-    with ``confidence``); ``None`` when no seed has it."""
-    point = values[values["resample"] < 0] if "resample" in values else values
-    column = point[metric].astype(float)
-    if column.isna().all():
-        return None
-    replicas = values.loc[values["resample"] >= 0, ["resample", metric]].dropna() if confidence else None
-    interval = None
-    if replicas is not None and not replicas.empty:
-        interval = stats.percentile_interval(replicas.groupby("resample")[metric].mean().to_numpy(), confidence)
-    return Estimate(float(column.mean()), float(column.std(ddof=0)), int(column.count()), interval)
-
-
-def _cell(values: pd.DataFrame, metrics: Sequence[str], confidence: float | None = None) -> str:
-    """'95.1/76.9' from per-seed values; '95.1±0.3/…' when there are several seeds. With
-    ``confidence`` (rows with ``resample`` >= 0 hold bootstrap replicates): '95.1 [93.0, 97.2]', the
-    percentile interval of the replicates' mean over seeds."""
-    parts = []
-    for metric in metrics:
-        found = estimate(values, metric, confidence)
-        if found is None:
-            parts.append(MISSING)
-            continue
-        text = f"{100 * found.mean:.1f}±{100 * found.std:.1f}" if found.seeds > 1 else f"{100 * found.mean:.1f}"
-        if found.interval:
-            text += f" [{100 * found.interval[0]:.1f}, {100 * found.interval[1]:.1f}]"
-        parts.append(text)
-    return "/".join(parts)
+def _text(row: Any) -> str:
+    """'95.1', '95.1±0.3' with several seeds, then ' [93.0, 97.2]' with an interval."""
+    text = f"{100 * row.mean:.1f}±{100 * row.std:.1f}" if row.seeds > 1 else f"{100 * row.mean:.1f}"
+    return text + (f" [{100 * row.low:.1f}, {100 * row.high:.1f}]" if not np.isnan(row.low) else "")
 
 
 def _pivot(
@@ -170,15 +131,19 @@ def _pivot(
     columns: list[Any],
     confidence: float | None = None,
 ) -> pd.DataFrame:
-    cells = per_seed.groupby([*rows, column], sort=False).apply(lambda g: _cell(g, metrics, confidence), include_groups=False)
+    """Cells '95.1/76.9' (metrics joined by "/", :func:`_text` each) of ``rows`` x ``column``; with
+    ``confidence`` (rows with ``resample`` >= 0 hold bootstrap replicates) each with its interval."""
+    by = [*rows, column]
+    found = estimates(per_seed, by, list(metrics), confidence)
+    texts = dict(zip(zip(*(found[c] for c in [*by, "metric"]), strict=True), map(_text, found.itertuples()), strict=True))
+    groups = list(per_seed[by].drop_duplicates().itertuples(index=False, name=None))
+    cells = pd.Series(
+        ["/".join(texts.get((*g, m), MISSING) for m in metrics) for g in groups],
+        index=pd.MultiIndex.from_tuples(groups, names=by),
+    )
     table = cells.unstack(column).reindex(columns=columns).fillna(MISSING)
     table.columns.name = None
     return table
-
-
-def abbrev(metric: str) -> str:
-    level, name = metric.split("_", 1)
-    return f"{'im' if level == 'image' else 'pix'}.{name}"
 
 
 def _check(metrics: Sequence[str]) -> None:
@@ -205,8 +170,39 @@ def category_means(frame: pd.DataFrame, axis: str | None, metrics: Sequence[str]
     return keys, per_category, per_dataset
 
 
+@dataclass(frozen=True)
+class _Levels:
+    """The protocol's means of a frame: per category, per dataset, and "D" over the datasets not
+    reported apart (all of them where each is), kept apart per ``keys``."""
+
+    keys: list[str]
+    per_category: pd.DataFrame
+    per_dataset: pd.DataFrame
+    mean: pd.DataFrame
+    apart: list[str]
+    averaged: list[str]
+
+
+def _levels(frame: pd.DataFrame, axis: str | None, metrics: Sequence[str], separate: Sequence[str]) -> _Levels:
+    keys, per_category, per_dataset = category_means(frame, axis, metrics)
+    datasets = list(dict.fromkeys(per_dataset["dataset"]))
+    apart = [d for d in datasets if d.split("+")[0] in separate]
+    averaged = [d for d in datasets if d not in apart]
+    part = per_dataset[per_dataset["dataset"].isin(averaged or datasets)]
+    mean = part.groupby(keys, sort=False)[list(metrics)].mean().reset_index().assign(dataset=MEAN_COLUMN)
+    return _Levels(keys, per_category, per_dataset, mean, apart, averaged)
+
+
+def as_frame(runs: Sequence[RunResult] | pd.DataFrame) -> pd.DataFrame:
+    if isinstance(runs, pd.DataFrame):
+        return runs
+    if not runs:
+        raise SpecError("no finished run to aggregate")
+    return runs_frame(runs)
+
+
 def tables(
-    results: Sequence[RunResult],
+    runs: Sequence[RunResult] | pd.DataFrame,
     metrics: Sequence[str],
     axis: str | None = None,
     summary_metrics: Sequence[str] | None = None,
@@ -214,26 +210,22 @@ def tables(
     resampled: pd.DataFrame | None = None,
     confidence: float = 0.95,
 ) -> dict[str, pd.DataFrame]:
-    """The tables of a sweep, shaped by its experiment's axis (``None``: methods x datasets).
+    """The tables of a sweep (its results, or their :func:`runs_frame` already built), shaped by
+    its experiment's axis (``None``: methods x datasets).
 
     ``resampled`` (:func:`resampled_frame`): every cell also gets its ``confidence`` interval; a
     mean over categories and datasets is taken replicate by replicate, as the point value is."""
-    if not results:
-        raise SpecError("no finished run to aggregate")
+    frame = as_frame(runs)
     summary_metrics = list(summary_metrics or metrics)
     _check([*metrics, *summary_metrics])
-    frame = with_replicas(runs_frame(results), resampled)
     if axis is not None and frame[axis].nunique() < 2:
         axis = None  # a sweep narrowed to one value of its axis reads best as the plain table
-    frame = with_methods(frame, axis)
+    frame = with_replicas(with_methods(frame, axis), resampled)
     shown = confidence if resampled is not None else None
     wanted = sorted(set(metrics) | set(summary_metrics), key=catalog.METRICS.index)
-    keys, per_category, per_dataset = category_means(frame, axis, wanted)
-    datasets = list(dict.fromkeys(per_dataset["dataset"]))
-    apart = [d for d in datasets if d.split("+")[0] in separate]
-    averaged = [d for d in datasets if d not in apart]
-    mean = per_dataset[per_dataset["dataset"].isin(averaged)].groupby(keys, sort=False)[wanted].mean().reset_index()
-    with_mean = pd.concat([per_dataset, mean.assign(dataset=MEAN_COLUMN)]) if len(averaged) > 1 else per_dataset
+    means = _levels(frame, axis, wanted, separate)
+    per_category, per_dataset = means.per_category, means.per_dataset
+    with_mean = pd.concat([per_dataset, means.mean]) if len(means.averaged) > 1 else per_dataset
     index_name = "/".join(abbrev(m) for m in metrics)
     if axis is None:
         per_category["column"] = per_category["dataset"] + "/" + per_category["category"]
@@ -244,13 +236,13 @@ def tables(
         }
     else:
         values = sorted(frame[axis].unique(), key=lambda v: (str(type(v)), v))
-        label = AXIS_LABELS[axis]
+        label = column(axis).label
         for part in (per_dataset, per_category, with_mean):
             part["column"] = part[axis].map(label)
         columns = [label(v) for v in values]
-        summary = with_mean[with_mean["dataset"].isin([MEAN_COLUMN, *apart])].copy()
+        summary = with_mean[with_mean["dataset"].isin([MEAN_COLUMN, *means.apart])].copy()
         summary["column"] = summary["dataset"].map(lambda d: "" if d == MEAN_COLUMN else f"{d} ") + summary["column"]
-        summary_columns = [f"{prefix}{c}" for prefix in ["", *(f"{d} " for d in apart)] for c in columns]
+        summary_columns = [f"{prefix}{c}" for prefix in ["", *(f"{d} " for d in means.apart)] for c in columns]
         named = {
             "per_dataset": _pivot(per_dataset, ["method", "dataset"], "column", metrics, columns, shown),
             "summary": _pivot(summary, ["method"], "column", summary_metrics, summary_columns, shown),
@@ -264,13 +256,15 @@ def tables(
 
 
 def defect_table(
-    results: Sequence[RunResult], scores: dict[str, pd.DataFrame], points: Sequence[stats.OperatingPoint] = stats.DEFAULT_POINTS
+    runs: Sequence[RunResult] | pd.DataFrame,
+    scores: dict[str, pd.DataFrame],
+    points: Sequence[stats.OperatingPoint] = stats.DEFAULT_POINTS,
 ) -> pd.DataFrame:
     """Per method, category and defect type: the image count, the AUROC of that defect type against
     the good images, and the share rejected at each operating point (a defect's recall; the good
     row's false-alarm rate), x100, mean over seeds. Runs whose scores.csv has no defect column
     (written before viadk8s kept one) are left out with a warning."""
-    frame = with_methods(runs_frame(results), None)
+    frame = with_methods(as_frame(runs), None)
     parts = []
     for run in frame.itertuples():
         table = scores.get(run.run_key)
@@ -289,12 +283,12 @@ def defect_table(
     return table.astype({"images": int}).fillna(MISSING)
 
 
-def plots(results: Sequence[RunResult], metrics: Sequence[str], axis: str | None, out: Path) -> list[Path]:
-    """Metric vs a numeric axis (input size, contamination), one line per method, mean over datasets."""
+def _plots(frame: pd.DataFrame, metrics: Sequence[str], axis: str | None) -> dict[str, bytes]:
+    """Metric vs a numeric axis (input size, contamination), one line per method, mean over
+    datasets: ``{file name: PNG}``."""
     if axis not in ("image_size", "contamination"):
-        return []
-    frame = with_methods(runs_frame(results), axis)
-    written = []
+        return {}
+    pictures = {}
     for metric in metrics:
         per_dataset = (
             frame.groupby(["method", axis, "dataset", "category"], sort=False)[metric]
@@ -314,13 +308,66 @@ def plots(results: Sequence[RunResult], metrics: Sequence[str], axis: str | None
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = out / f"{metric}_vs_{axis}.png"
-        tmp = out / f".{path.name}.tmp.png"
-        fig.savefig(tmp)
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
         plt.close(fig)
-        tmp.replace(path)
-        written.append(path)
-    return written
+        pictures[f"{metric}_vs_{axis}.png"] = png.getvalue()
+    return pictures
+
+
+#: The levels of :attr:`Summary.estimates`: per category, per dataset, and the mean over datasets.
+LEVELS = ("category", "dataset", "mean")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Everything ``viadk8s aggregate`` prints and ``viadk8s report`` shows, computed from one
+    runs frame (:func:`summarise`)."""
+
+    frame: pd.DataFrame  # one row per run (runs_frame), with its method (with_methods, the axis apart)
+    axis: str | None  # the experiment's axis, None for the plain table
+    confidence: float | None  # the intervals' level; None: no scores, no intervals
+    tables: dict[str, pd.DataFrame]  # the paper-shaped tables
+    estimates: pd.DataFrame  # long: level, method, axis value, dataset, category, metric, mean, std, seeds, low, high
+    per_dataset: pd.DataFrame  # per method, axis value, seed, replicate and dataset (the paper comparison's)
+    keys: list[str]  # the keys per_dataset keeps apart beside "dataset"
+    plots: dict[str, bytes]  # file name: PNG of a metric against a numeric axis
+
+
+def summarise(
+    results: Sequence[RunResult],
+    experiment: str,
+    metrics: Sequence[str] | None = None,
+    scores: dict[str, pd.DataFrame] | None = None,
+    tables_with_intervals: bool = True,
+    summaries: dict[str, pixel_summary.PixelSummary] | None = None,
+) -> Summary:
+    """A sweep's tables, estimates and plots from one runs frame, shaped by its ``experiment``
+    (:func:`experiment_shape`; ``metrics`` default to the experiment's). With ``scores`` (per run
+    key) every estimate has its bootstrap interval at the level the runs stored (95 % otherwise),
+    and the tables too unless ``tables_with_intervals`` is False; pixel metrics have intervals where
+    ``summaries`` holds the run's pixel summary."""
+    frame = as_frame(results)
+    shape = experiment_shape(experiment)
+    axis, summary_metrics, separate = shape["axis"], shape["summary_metrics"], shape["separate"]
+    metrics = list(metrics or catalog.experiment(experiment).metrics)
+    confidence = next((r.uncertainty.confidence for r in results if r.uncertainty), 0.95) if scores else None
+    resampled = resampled_frame(results, scores, summaries=summaries) if scores else None
+    shown = resampled if tables_with_intervals else None
+    named = tables(frame, metrics, axis, summary_metrics, separate, shown, confidence or 0.95)
+    methods = with_methods(frame, axis)
+    present = [m for m in catalog.METRICS if methods[m].notna().any()]
+    means = _levels(with_replicas(methods, resampled), axis, present, separate)
+    group = ["method", *([axis] if axis else [])]
+    long = pd.concat(
+        [
+            estimates(means.per_category, [*group, "dataset", "category"], present, confidence).assign(level="category"),
+            estimates(means.per_dataset, [*group, "dataset"], present, confidence).assign(level="dataset", category=""),
+            estimates(means.mean, [*group, "dataset"], present, confidence).assign(level="mean", category=""),
+        ],
+        ignore_index=True,
+    )
+    return Summary(methods, axis, confidence, named, long, means.per_dataset, means.keys, _plots(methods, metrics, axis))
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
@@ -333,15 +380,22 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     raise one_of("format", fmt, list(FORMATS))
 
 
-def write(out: Path, results: Sequence[RunResult], named: dict[str, pd.DataFrame], fmt: str) -> list[Path]:
-    """Write each table, plus ``runs.csv`` (one raw row per run), via temporary files."""
+def write(
+    out: Path,
+    runs: Sequence[RunResult] | pd.DataFrame,
+    named: dict[str, pd.DataFrame],
+    fmt: str,
+    pictures: dict[str, bytes] | None = None,
+) -> list[Path]:
+    """Write each table, ``runs.csv`` (one raw row per run) and ``pictures`` (file name: PNG), via temporary files."""
     out.mkdir(parents=True, exist_ok=True)
-    texts = {f"{name}.{FORMATS[fmt]}": render(table, fmt) for name, table in named.items()}
-    texts["runs.csv"] = runs_frame(results).replace({np.nan: None}).to_csv(index=False)
+    frame = as_frame(runs).drop(columns=["method", "_order"], errors="ignore")
+    texts: dict[str, bytes] = {f"{name}.{FORMATS[fmt]}": (render(table, fmt) + "\n").encode() for name, table in named.items()}
+    texts["runs.csv"] = (frame.replace({np.nan: None}).to_csv(index=False) + "\n").encode()
     written = []
-    for name, text in texts.items():
+    for name, data in {**texts, **(pictures or {})}.items():
         tmp = out / f".{name}.tmp"
-        tmp.write_text(text + "\n")
+        tmp.write_bytes(data)
         tmp.replace(out / name)
         written.append(out / name)
     return written
@@ -351,8 +405,10 @@ def experiment_shape(experiment: str) -> dict[str, Any]:
     """The axis, summary metrics and separately reported datasets of an experiment's tables."""
     entry = catalog.experiment(experiment)
     axis = next(iter(entry.axes), None)
+    if axis is not None:
+        column(axis)  # an axis without a table column fails here, naming the fields that have one
     return {
-        "axis": axis if axis in (*Variant.model_fields, "image_size") else None,
+        "axis": axis,
         "summary_metrics": entry.summary_metrics or None,
         "separate": entry.separate,
     }

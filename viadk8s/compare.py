@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from viadk8s import catalog, stats  # noqa: E402
+from viadk8s import catalog, pixel_summary, stats  # noqa: E402
 from viadk8s.aggregate import runs_frame  # noqa: E402
 from viadk8s.errors import SpecError, one_of  # noqa: E402
 from viadk8s.results import RunResult  # noqa: E402
@@ -41,9 +41,11 @@ def paired(
     metric: str = "image_AUROC",
     resamples: int = 1000,
     confidence: float = 0.95,
+    summaries: dict[str, pixel_summary.PixelSummary] | None = None,
 ) -> list[Paired]:
     """Model ``a`` minus model ``b``, for every setting both ran. Each bootstrap is seeded by the
-    runs' seed, so the answer is the same every time it is asked."""
+    runs' seed, so the answer is the same every time it is asked. A pixel metric pairs the runs'
+    pixel summaries (``summaries``, :func:`viadk8s.pixel_summary.load_summaries`), not their scores."""
     frame = runs_frame(results)
     for model in (a, b):
         if model not in set(frame["model"]):
@@ -57,13 +59,15 @@ def paired(
     found = []
     for key in shared:
         runs = [sides[m].loc[[key]].iloc[0] for m in (a, b)]
-        missing = [r for r in runs if r not in scores]
+        pixel = metric in pixel_summary.PIXEL_METRICS
+        kept = (summaries or {}) if pixel else scores
+        missing = [r for r in runs if r not in kept]
         if missing:
-            raise SpecError(f"run {missing[0]} has no scores.csv; the pair cannot be compared per image")
+            what = pixel_summary.PIXEL_SUMMARY if pixel else "scores.csv"
+            raise SpecError(f"run {missing[0]} has no {what}; the pair cannot be compared per image")
         setting = dict(zip(PAIRED_BY, key, strict=True))
-        difference = stats.paired_difference(
-            scores[runs[0]], scores[runs[1]], metric, resamples, confidence, int(setting["seed"])
-        )
+        compared = pixel_summary.paired_difference if pixel else stats.paired_difference
+        difference = compared(kept[runs[0]], kept[runs[1]], metric, resamples, confidence, int(setting["seed"]))
         found.append(Paired(setting, difference))
     return found
 
@@ -86,11 +90,12 @@ def paired_table(found: Sequence[Paired], a: str, b: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def category_table(results: Sequence[RunResult], metric: str) -> pd.DataFrame:
-    """Rows: dataset/category (one setting); columns: model; values: the metric, mean over seeds."""
+def category_table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows: dataset/category (one setting); columns: model; values: the metric, mean over seeds.
+    ``runs``: :func:`~viadk8s.aggregate.runs_frame`, built once by the caller."""
     if metric not in catalog.METRICS:
         raise one_of("metric", metric, catalog.METRICS)
-    frame = runs_frame(results)
+    frame = runs.copy()
     frame["block"] = frame["dataset"] + "/" + frame["category"]
     settings = frame[["image_size", "weights", "variant"]].drop_duplicates()
     if len(settings) > 1:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from viadk8s.catalog import IMAGE_METRICS
 from viadk8s.errors import Viadk8sError
 
 if TYPE_CHECKING:  # pixel_summary imports stats, which imports this module
@@ -32,7 +33,6 @@ PG_PB_RATE = 0.02  # the paper's PG2 / PB2
 #: evaluation scores pixel AUROC on another map (MSFlow's addition map).
 PIXEL_AUROC_MAP = "pixel_auroc_map"
 TOLERANCE = 1e-6  # reported vs recomputed: float32 scores, float64 arithmetic, different algorithms
-IMAGE_METRICS = ("image_AUROC", "image_F1Max", "image_PG2", "image_PB2")
 
 
 class MetricMismatch(Viadk8sError):
@@ -91,13 +91,9 @@ def presorted_bad(scores: torch.Tensor, labels: torch.Tensor, fpr: float = PG_PB
 
 
 def image_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Image AUROC, F1Max, PG2 and PB2 of the test set's raw scores."""
-    return {
-        "image_AUROC": auroc(scores, labels),
-        "image_F1Max": f1_max(scores, labels),
-        "image_PG2": presorted_good(scores, labels),
-        "image_PB2": presorted_bad(scores, labels),
-    }
+    """Image AUROC, F1Max, PG2 and PB2 of the test set's raw scores (:data:`IMAGE_METRICS`)."""
+    computed = (auroc, f1_max, presorted_good, presorted_bad)
+    return {name: compute(scores, labels) for name, compute in zip(IMAGE_METRICS, computed, strict=True)}
 
 
 def aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> float:

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from viadk8s import aggregate as agg
 from viadk8s import catalog
-from viadk8s.catalog import PAPER_MEAN, PaperCell
+from viadk8s.catalog import PAPER_MEAN, PaperCell, abbrev
 from viadk8s.results import RunResult
+from viadk8s.spec import column
+from viadk8s.stats import Estimate, estimate
+
+if TYPE_CHECKING:
+    from viadk8s.aggregate import Summary
 
 COLUMNS = ["method", "dataset", "setting", "metric", "paper", "ours", "interval", "difference", "paper inside"]
 
@@ -54,7 +59,7 @@ def _rows(
 ) -> pd.DataFrame:
     """One row per cell of the paper's grid (its models and ours x its datasets x its columns x its
     metrics) that the paper or the sweep has; what one side lacks stays empty."""
-    label = agg.AXIS_LABELS[axis]
+    label = column(axis).label
     published = {(c.model, c.dataset, label(c.value), c.metric): c.paper for c in cells if _measurable(c)}
     datasets = list(dict.fromkeys(c.dataset for c in cells))
     settings = list(dict.fromkeys(label(c.value) for c in cells))
@@ -73,16 +78,16 @@ def _rows(
                 group = groups.get((method, dataset, setting))
                 for metric in metrics:
                     paper = published.get((model, dataset, setting, metric))
-                    found = agg.estimate(group, metric, confidence) if group is not None else None
+                    found = estimate(group, metric, confidence) if group is not None and metric in group else None
                     if paper is None and found is None:
                         continue
                     rows.append(_row(method, dataset, setting, metric, paper, found))
     return pd.DataFrame(rows, columns=COLUMNS).set_index(COLUMNS[:4]) if rows else pd.DataFrame()
 
 
-def _row(method: str, dataset: str, setting: str, metric: str, paper: float | None, found: agg.Estimate | None) -> list[str]:
+def _row(method: str, dataset: str, setting: str, metric: str, paper: float | None, found: Estimate | None) -> list[str]:
     """x100, one decimal; difference = ours - paper; "yes"/"no" only where both and an interval exist."""
-    row = [method, dataset, setting, agg.abbrev(metric), "" if paper is None else f"{100 * paper:.1f}", "", "", "", ""]
+    row = [method, dataset, setting, abbrev(metric), "" if paper is None else f"{100 * paper:.1f}", "", "", "", ""]
     if found is not None:
         row[5] = f"{100 * found.mean:.1f}" + (f"±{100 * found.std:.1f}" if found.seeds > 1 else "")
         if found.interval is not None:
@@ -96,9 +101,9 @@ def _row(method: str, dataset: str, setting: str, metric: str, paper: float | No
     return row
 
 
-def against_paper(results: Sequence[RunResult], resampled: pd.DataFrame | None, confidence: float = 0.95) -> Comparison:
-    """The sweep's ``results`` beside every paper table of their experiment. ``resampled``
-    (:func:`viadk8s.aggregate.resampled_frame`) gives our cells their intervals; ``None``: none.
+def against_paper(results: Sequence[RunResult], summary: Summary) -> Comparison:
+    """The sweep's ``results`` beside every paper table of their experiment, our cells from their
+    ``summary`` (:func:`viadk8s.aggregate.summarise`; with scores, our cells have intervals).
     A sweep the paper has no table for, or whose datasets it did not report, is one note, no table."""
     experiment = results[0].spec.experiment
     cells = [c for c in catalog.paper_cells() if c.experiment == experiment]
@@ -113,15 +118,13 @@ def against_paper(results: Sequence[RunResult], resampled: pd.DataFrame | None, 
         note = f"this sweep ran on {', '.join(ran)}; the paper's Tables {', '.join(tables)} report {shown}: nothing to compare"
         return Comparison({}, [note])
     axis = next(iter(catalog.experiment(experiment).axes))
-    frame = agg.with_methods(agg.with_replicas(agg.runs_frame(results), resampled), axis)
-    methods = dict(frame[["method", "model"]].drop_duplicates().itertuples(index=False, name=None))
-    metrics = sorted({c.metric for c in cells}, key=catalog.METRICS.index)
-    keys, _, per_dataset = agg.category_means(frame, axis, metrics)
-    shown_confidence = confidence if resampled is not None else None
+    methods = dict(summary.frame[["method", "model"]].drop_duplicates().itertuples(index=False, name=None))
+    metrics = [m for m in catalog.METRICS if m in summary.per_dataset and any(c.metric == m for c in cells)]
+    keys, per_dataset, confidence = summary.keys, summary.per_dataset, summary.confidence
     named, notes = {}, []
     for table in tables:
         own = [c for c in cells if c.table == table]
-        rows = _rows(own, _with_paper_means(per_dataset, keys, metrics, mean_of[table]), axis, methods, shown_confidence)
+        rows = _rows(own, _with_paper_means(per_dataset, keys, metrics, mean_of[table]), axis, methods, confidence)
         if rows.empty:
             notes.append(f"Table {table}: no cell in common with this sweep")
             continue
@@ -130,8 +133,11 @@ def against_paper(results: Sequence[RunResult], resampled: pd.DataFrame | None, 
         inside = (compared["paper inside"] == "yes").sum()
         notes.append(
             f"Table {table} ({catalog.paper()[table].title}): {len(compared)} cells compared, "
-            f"the paper's value inside our {100 * confidence:g} % interval in {inside}"
-            + ("" if resampled is not None else " (no intervals: no scores.csv)")
+            + (
+                f"the paper's value inside our {100 * confidence:g} % interval in {inside}"
+                if confidence
+                else "no intervals: no scores.csv"
+            )
         )
     unmeasurable = sorted({c.dataset for c in cells if not _measurable(c)})
     if unmeasurable:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -21,6 +23,21 @@ from viadk8s.errors import SpecError, validation_message
 #: Sweep ids become object-store prefixes and Kubernetes label values.
 SWEEP_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 IMAGE_SIZES = range(64, 1025, 32)
+
+
+@dataclass(frozen=True)
+class Column:
+    """How a value of a spec field an experiment may vary reads as a table column (``Size 256``,
+    ``4%``), and whether the field names a method apart where it varies for one model within a
+    sweep (``PatchCore (patience=20)``). Set beside the field it describes, so a field added
+    without one fails a test instead of a table (:data:`COLUMNS`)."""
+
+    label: Callable[[Any], str] = str
+    identity: bool = True
+
+
+def _percent(value: Any) -> str:
+    return f"{round(100 * float(value))}%"
 
 
 class Trainer(BaseModel):
@@ -35,15 +52,29 @@ class Variant(BaseModel):
     """The fields the paper's experiments vary beyond model/dataset/size (protocol.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    validation: Literal["last_epoch", "test_early_stop", "val_early_stop", "synthetic_val_early_stop"] = "last_epoch"
-    contamination: float = Field(default=0.0, ge=0.0, lt=0.5)
-    drift: Literal["none", "synthetic"] = "none"
-    supervised_k: int = Field(default=0, ge=0)
-    train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    validation: Annotated[Literal["last_epoch", "test_early_stop", "val_early_stop", "synthetic_val_early_stop"], Column()] = (
+        "last_epoch"
+    )
+    contamination: Annotated[float, Field(ge=0.0, lt=0.5), Column(_percent)] = 0.0
+    drift: Annotated[Literal["none", "synthetic"], Column({"none": "No drift", "synthetic": "Drift"}.__getitem__)] = "none"
+    supervised_k: Annotated[int, Field(ge=0), Column(lambda v: f"k={v}")] = 0
+    # not a method apart: the paper's PatchCore on a 25 % subset at 512 px is still PatchCore at 512 px
+    train_fraction: Annotated[float, Field(gt=0.0, le=1.0), Column(lambda v: f"{_percent(v)} of train", identity=False)] = 1.0
     # early stopping (every validation strategy but last_epoch)
-    monitor: Literal["image_AUROC", "image_F1Max", "pixel_AUROC", "pixel_AUPRO", "pixel_F1Max"] = "image_AUROC"
-    patience: int = Field(default=10, ge=1, description="validation checks without improvement before stopping")
-    check_every: int = Field(default=1, ge=1, description="epochs between validation checks")
+    monitor: Annotated[str, Column(lambda v: f"monitor {v}")] = "image_AUROC"
+    patience: Annotated[
+        int, Field(ge=1, description="validation checks without improvement before stopping"), Column(lambda v: f"patience {v}")
+    ] = 10
+    check_every: Annotated[
+        int, Field(ge=1, description="epochs between validation checks"), Column(lambda v: f"checked every {v} ep.")
+    ] = 1
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor(cls, value: str) -> str:
+        if value not in catalog.MONITORED:
+            raise ValueError(f"monitor {value!r} cannot be monitored; allowed: {', '.join(catalog.MONITORED)}")
+        return value
 
     def is_default(self) -> bool:
         return self == Variant()
@@ -63,8 +94,8 @@ class RunSpec(BaseModel):
     dataset: str
     category: str
     seed: int
-    image_size: int = 256
-    weights: Literal["imagenet", "random"] = "imagenet"
+    image_size: Annotated[int, Column(lambda v: f"Size {v}")] = 256
+    weights: Annotated[Literal["imagenet", "random"], Column()] = "imagenet"
     trainer: Trainer = Trainer()
     variant: Variant = Variant()
 
@@ -152,3 +183,21 @@ class Sweep(BaseModel):
     experiment: str
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     runs: list[RunSpec]
+
+
+#: Every spec field an experiment may vary, with its :class:`Column`, read from the fields themselves.
+COLUMNS: dict[str, Column] = {
+    name: found
+    for model in (RunSpec, Variant)
+    for name, info in model.model_fields.items()
+    for found in info.metadata
+    if isinstance(found, Column)
+}
+
+
+def column(field: str) -> Column:
+    """The :class:`Column` of a spec field; a :class:`SpecError` naming those that have one otherwise."""
+    found = COLUMNS.get(field)
+    if found is None:
+        raise SpecError(f"spec field {field!r} has no table column; fields an experiment may vary: {', '.join(COLUMNS)}")
+    return found

@@ -96,6 +96,51 @@ def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, f
 
 
 @dataclass(frozen=True)
+class Estimate:
+    """One cell's number (0..1): the mean over seeds, their spread, and with bootstrap replicates
+    the percentile interval of that mean."""
+
+    mean: float
+    std: float
+    seeds: int
+    interval: tuple[float, float] | None
+
+
+def estimates(values: pd.DataFrame, by: list[str], metrics: list[str], confidence: float | None = None) -> pd.DataFrame:
+    """Per group of ``by`` and metric, one row: ``mean``, ``std`` and count (``seeds``) of the
+    point rows (``resample`` < 0, one per seed), and with ``confidence`` the percentile interval
+    (``low``, ``high``) of the replicates' means (rows with ``resample`` >= 0). Vectorised over all
+    groups; NaN (a metric a run lacks) is left out as :meth:`pandas.DataFrame.mean` does."""
+    values = values.astype(dict.fromkeys(metrics, float))  # a metric no run has is a column of None
+    replicated = "resample" in values
+    point = values[values["resample"] < 0] if replicated else values
+    grouped = point.groupby(by, sort=False)[metrics]
+    parts = {"mean": grouped.mean(), "std": grouped.std(ddof=0), "seeds": grouped.count()}
+    if confidence is not None and replicated:
+        replicas = values[values["resample"] >= 0].groupby([*by, "resample"], sort=False)[metrics].mean()
+        tail = (1 - confidence) / 2
+        spread = replicas.groupby(level=list(range(len(by))), sort=False)
+        parts |= {"low": spread.quantile(tail), "high": spread.quantile(1 - tail)}  # what percentile_interval gives
+    long = pd.concat({k: v.stack(future_stack=True) for k, v in parts.items()}, axis=1)
+    long.index = long.index.set_names([*by, "metric"])
+    long = long[long["seeds"] > 0].reset_index()
+    for column in ("low", "high"):
+        if column not in long:
+            long[column] = np.nan
+    return long
+
+
+def estimate(values: pd.DataFrame, metric: str, confidence: float | None = None) -> Estimate | None:
+    """:func:`estimates` of all ``values`` as one group; ``None`` when no seed has ``metric``."""
+    found = estimates(values.assign(_all=0), ["_all"], [metric], confidence)
+    if found.empty:
+        return None
+    row = found.iloc[0]
+    interval = None if np.isnan(row["low"]) else (float(row["low"]), float(row["high"]))
+    return Estimate(float(row["mean"]), float(row["std"]), int(row["seeds"]), interval)
+
+
+@dataclass(frozen=True)
 class Difference:
     """Model A minus model B on the same test images: the point estimate, its interval, a verdict."""
 

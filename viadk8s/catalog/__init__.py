@@ -8,22 +8,29 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from viadk8s.errors import one_of
 
-METRICS = (
-    "image_AUROC",
-    "image_F1Max",
-    "pixel_AUROC",
-    "pixel_AUPRO",
-    "pixel_F1Max",
-    "image_PG2",
-    "image_PB2",
-)
+#: The one list of metric names, in table order: the catalog's experiments and paper tables, the
+#: early-stopping monitor (:class:`viadk8s.spec.Variant`), the worker's computation
+#: (:mod:`viadk8s.metrics`) and the bootstrap (:mod:`viadk8s.stats`) all read it.
+Metric = Literal["image_AUROC", "image_F1Max", "pixel_AUROC", "pixel_AUPRO", "pixel_F1Max", "image_PG2", "image_PB2"]
+METRICS: tuple[str, ...] = get_args(Metric)
+#: Computed from a run's per-image scores (``scores.csv``): recomputable and resampled per image.
+IMAGE_METRICS = tuple(m for m in METRICS if m.startswith("image_"))
+#: What early stopping can monitor: a curve over one validation set. PG2 and PB2 are not: each
+#: is a count at a quantile threshold, flat over most epochs, a poor signal to stop on.
+MONITORED = tuple(m for m in METRICS if m not in ("image_PG2", "image_PB2"))
+
+
+def abbrev(metric: str) -> str:
+    """``image_AUROC`` -> ``im.AUROC``, as the paper's table headings print it."""
+    level, name = metric.split("_", 1)
+    return f"{'im' if level == 'image' else 'pix'}.{name}"
 
 
 class _Entry(BaseModel):

@@ -169,6 +169,7 @@ def aggregate(
     from viadk8s import aggregate as agg
     from viadk8s import paper, stats
     from viadk8s.config import load_config
+    from viadk8s.pixel_summary import load_summaries
     from viadk8s.regression import check
     from viadk8s.results import load_results, load_scores
 
@@ -188,24 +189,21 @@ def aggregate(
         raise SpecError(f"no finished run in {'sweep ' + repr(sweep) if sweep else 'experiment ' + repr(experiment)}")
     name = experiment or results[0].spec.experiment
     chosen = split_list(metrics) or catalog.experiment(name).metrics
-    shape = agg.experiment_shape(name)
     scores = load_scores(opened, results) if ci or per_defect or operating_point or against else {}
-    confidence = next((r.uncertainty.confidence for r in results if r.uncertainty), 0.95)
-    if ci:
-        named = agg.tables(results, chosen, **shape, resampled=agg.resampled_frame(results, scores), confidence=confidence)
-    else:
-        named = agg.tables(results, chosen, **shape)
+    pixel = load_summaries(opened, results) if ci or against else {}
+    summary = agg.summarise(results, name, chosen, scores if ci or against else None, tables_with_intervals=ci, summaries=pixel)
+    named = dict(summary.tables)
     if per_defect or operating_point:
-        named["per_defect"] = agg.defect_table(results, scores, points)
+        named["per_defect"] = agg.defect_table(summary.frame, scores, points)
     if against:
-        comparison = paper.against_paper(results, agg.resampled_frame(results, scores) if scores else None, confidence)
+        comparison = paper.against_paper(results, summary)
         named.update(comparison.tables)
         for note in comparison.notes:
             err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     for title, table in named.items():
         sys.stdout.write(f"\n{title} ({len(results)} runs)\n\n{agg.render(table, format)}\n")
     if out:
-        written = agg.write(out, results, named, format) + agg.plots(results, chosen, shape["axis"], out)
+        written = agg.write(out, summary.frame, named, format, summary.plots)
         for path in written:
             err_console.print(f"wrote {path}", highlight=False)
     if compare:

@@ -17,7 +17,7 @@ from viadk8s.errors import SpecError
 def compare_command(
     sweep: Annotated[str, typer.Option("--sweep", help="the sweep whose runs are compared")],
     models: Annotated[str, typer.Option("--models", help="two catalog keys: a,b (a minus b)")],
-    metric: Annotated[str, typer.Option(help="an image metric")] = "image_AUROC",
+    metric: Annotated[str, typer.Option(help="an image or pixel metric")] = "image_AUROC",
     resamples: Annotated[int, typer.Option(min=100, help="bootstrap resamples")] = 1000,
     confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="interval level")] = 0.95,
     out: Annotated[Path | None, typer.Option(help="also write the tables and the critical difference diagram here")] = None,
@@ -27,7 +27,9 @@ def compare_command(
     """Model a against model b per category (paired bootstrap on the same test images), then a rank
     test over every model of the sweep (Friedman, Nemenyi post-hoc, critical difference diagram)."""
     from viadk8s import compare, stats
+    from viadk8s.aggregate import runs_frame
     from viadk8s.config import load_config
+    from viadk8s.pixel_summary import PIXEL_METRICS, load_summaries
     from viadk8s.results import load_results, load_scores
 
     pair = split_list(models) or []
@@ -38,14 +40,15 @@ def compare_command(
     if not results:
         raise SpecError(f"no finished run in sweep {sweep!r}")
     chosen = [r for r in results if r.spec.model in pair]
-    found = compare.paired(chosen, load_scores(opened, chosen), *pair, metric, resamples, confidence)
+    pixel = load_summaries(opened, chosen) if metric in PIXEL_METRICS else {}
+    found = compare.paired(chosen, load_scores(opened, chosen), *pair, metric, resamples, confidence, pixel)
     table = compare.paired_table(found, *pair)
     console.print(f"\n{pair[0]} - {pair[1]}, {metric} x100, {100 * confidence:g} % paired bootstrap intervals\n", highlight=False)
     sys.stdout.write(table.to_markdown(index=False) + "\n")
     verdicts = table["verdict"].value_counts()
     console.print("\n" + ", ".join(f"{n} × {v}" for v, n in verdicts.items()), highlight=False, markup=False)
     try:
-        test = stats.rank_test(compare.category_table(results, metric))
+        test = stats.rank_test(compare.category_table(runs_frame(results), metric))
     except SpecError as err:
         err_console.print(f"no rank test: {err}", highlight=False, markup=False)
         test = None

@@ -26,6 +26,7 @@ from viadk8s import aggregate as agg
 from viadk8s import catalog, compare, stats
 from viadk8s.data.mirror import manifest_key
 from viadk8s.errors import SpecError, Viadk8sError
+from viadk8s.pixel_summary import load_summaries
 from viadk8s.results import HISTOGRAM, RunResult, load_scores, run_prefix
 from viadk8s.store import Store
 
@@ -67,8 +68,8 @@ def _datasets(store: Store, results: Sequence[RunResult]) -> list[dict[str, str]
     return rows
 
 
-def _rank_section(results: Sequence[RunResult], metric: str) -> dict[str, Any]:
-    table = compare.category_table(results, metric)
+def _rank_section(frame: pd.DataFrame, metric: str) -> dict[str, Any]:
+    table = compare.category_table(frame, metric)
     try:
         test = stats.rank_test(table)
     except SpecError as err:
@@ -86,8 +87,7 @@ def _rank_section(results: Sequence[RunResult], metric: str) -> dict[str, Any]:
     }
 
 
-def _costs(results: Sequence[RunResult]) -> pd.DataFrame:
-    frame = agg.runs_frame(results)
+def _costs(frame: pd.DataFrame, results: Sequence[RunResult]) -> pd.DataFrame:
     names = {k: m.name for k, m in catalog.models().items()}
     table = frame.groupby("model", sort=False)[["fit_s", "test_s", "test_images_per_s", "peak_memory_mb"]].mean().round(1)
     table.index = table.index.map(names)
@@ -112,21 +112,15 @@ def build(
         raise SpecError(f"no finished run in sweep {sweep_id!r}")
     experiment = results[0].spec.experiment
     metrics = catalog.experiment(experiment).metrics
-    shape = agg.experiment_shape(experiment)
     scores = load_scores(store, results)
-    confidence = next((r.uncertainty.confidence for r in results if r.uncertainty), 0.95)
-    resampled = agg.resampled_frame(results, scores)
-    with_ci = agg.tables(results, metrics, **shape, resampled=resampled, confidence=confidence)
-    plain = agg.tables(results, metrics, **shape)
-    with tempfile.TemporaryDirectory() as tmp:
-        plots = [_data_uri(p.read_bytes()) for p in agg.plots(results, metrics, shape["axis"], Path(tmp))]
+    summary = agg.summarise(results, experiment, scores=scores, summaries=load_summaries(store, results))  # the runs frame, once
     points = tuple(operating_points) or stats.DEFAULT_POINTS
     try:
-        defects = _html(agg.defect_table(results, scores, points))
+        defects = _html(agg.defect_table(summary.frame, scores, points))
     except SpecError as err:
         defects = None
         log.warning("warning: no per-defect table: %s", err)
-    frame = agg.with_methods(agg.runs_frame(results), None).set_index("run_key")
+    frame = summary.frame.set_index("run_key")
     runs = []
     ordered = sorted(results, key=lambda r: (frame.loc[r.run_key, "method"], r.spec.dataset, r.spec.category, r.spec.seed))
     for i, result in enumerate(ordered):
@@ -150,17 +144,17 @@ def build(
         experiment=catalog.experiment(experiment),
         generated=datetime.now(UTC).isoformat(timespec="seconds"),
         viadk8s_version=metadata.version("viadk8s"),
-        confidence=confidence,
+        confidence=summary.confidence or 0.95,
         n_runs=len(results),
-        with_ci={k: _html(v) for k, v in with_ci.items()},
-        plain={k: _html(v) for k, v in plain.items()},
-        plots=plots,
-        ranks={m: _rank_section(results, m) for m in metrics if m.startswith("image_")},
+        with_ci={k: _html(v) for k, v in summary.tables.items()},
+        plain={k: _html(v) for k, v in summary.tables.items()},
+        plots=[_data_uri(png) for png in summary.plots.values()],
+        ranks={m: _rank_section(summary.frame, m) for m in metrics if m.startswith("image_")},
         points=[str(p) for p in points],
         defects=defects,
         runs=runs,
         not_pictured=max(0, len(runs) - pictured),
-        costs=_html(_costs(results)),
+        costs=_html(_costs(summary.frame, results)),
         versions=sorted({tuple(sorted(r.versions.items())) for r in results}),
         datasets=_datasets(store, results),
         css=(Path(__file__).parent / "report.css").read_text(),
