@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def test_verify_passes_a_real_run_and_catches_each_tampering(cli: Cli, tiny_conf
     reported = json.loads(original_result)["metrics"]
     assert summary.metrics() == pytest.approx({m: reported[m] for m in PIXEL_METRICS}, abs=PIXEL_TOLERANCE)
     assert summary.images.tolist() == pd.read_csv(scores_path)["image_path"].tolist()
+    # and gives the pixel metrics their intervals in aggregate --ci, as scores.csv the image metrics'
+    ci = cli("aggregate", "--sweep", "v", "--config", str(tiny_config), "--ci", "--metrics", "pixel_AUPRO,pixel_F1Max")
+    assert ci.returncode == 0 and len(re.findall(r"\d\.\d \[\d+\.\d, \d+\.\d\]", ci.stdout)) >= 2, ci.stdout
 
     # the sweep is the evaluation experiment on a synthetic dataset: the paper comparison is one note
     paper = cli("aggregate", "--sweep", "v", "--config", str(tiny_config), "--against", "paper")
