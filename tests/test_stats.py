@@ -216,37 +216,3 @@ def test_pixel_metrics_get_intervals_and_pair_from_the_runs_pixel_summaries() ->
     assert found.difference.verdict == "better" and found.difference.a == pytest.approx(point)
     with pytest.raises(SpecError, match="has no pixel_summary.npz"):
         compare.paired(results, scores, "padim", "patchcore", "pixel_AUROC", 300)
-
-
-def test_pixel_metrics_get_intervals_and_pair_from_the_runs_pixel_summaries() -> None:
-    """A run's pixel summary gives its pixel metrics bootstrap replicates (the run's settings, as
-    its image metrics) and per-image paired compares; a pixel metric without summaries cannot pair."""
-    from tests.checks import made_up_result
-    from viadk8s import aggregate, compare, pixel_summary
-    from viadk8s.spec import RunSpec
-
-    rng = np.random.default_rng(5)
-    masks = np.zeros((12, 32, 32), bool)
-    masks[6:, 8:20, 8:20] = True
-    maps = rng.normal(size=masks.shape).astype(np.float32)
-    names = [f"test/x/{i:03d}.png" for i in range(12)]
-    results, scores, summaries = [], {}, {}
-    for model, gain in (("padim", 1.5), ("patchcore", 0.3)):
-        spec = RunSpec(sweep="s", experiment="evaluation", model=model, dataset="synthetic", category="fabric", seed=3)
-        summary = pixel_summary.summarise(maps + gain * masks, masks, names)
-        result = made_up_result(spec)
-        result.metrics |= summary.metrics()
-        result.data.pixel_masks = True
-        results.append(result)
-        scores[result.run_key] = frame(rng.normal(0, 1, 6), rng.normal(1, 1, 6))
-        summaries[result.run_key] = summary
-    resampled = aggregate.resampled_frame(results, scores, default_resamples=300, summaries=summaries)
-    named = aggregate.tables(results, ["pixel_AUPRO"], resampled=resampled, confidence=0.9)
-    padim = results[0]
-    low, high = pixel_summary.intervals(summaries[padim.run_key], 300, 0.9, 3)["pixel_AUPRO"]
-    point = padim.metrics["pixel_AUPRO"]
-    assert named["per_category"].loc["PaDiM", "synthetic/fabric"] == f"{100 * point:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
-    (found,) = compare.paired(results, scores, "padim", "patchcore", "pixel_AUPRO", 300, 0.95, summaries)
-    assert found.difference.verdict == "better" and found.difference.a == pytest.approx(point)
-    with pytest.raises(SpecError, match="has no pixel_summary.npz"):
-        compare.paired(results, scores, "padim", "patchcore", "pixel_AUROC", 300)

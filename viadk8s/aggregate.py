@@ -99,8 +99,6 @@ def resampled_frame(
         replicas = pd.DataFrame(values.T, columns=list(IMAGE_METRICS))
         if summaries and result.run_key in summaries:
             replicas[list(pixel_summary.PIXEL_METRICS)] = pixel_summary.distribution(summaries[result.run_key], resamples, seed).T
-        if summaries and result.run_key in summaries:
-            replicas[list(pixel_summary.PIXEL_METRICS)] = pixel_summary.distribution(summaries[result.run_key], resamples, seed).T
         parts.append(replicas.assign(run_key=result.run_key, resample=range(resamples)))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run_key", "resample", *IMAGE_METRICS])
 

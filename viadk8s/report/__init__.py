@@ -27,7 +27,6 @@ from viadk8s import catalog, compare, stats
 from viadk8s.data.mirror import manifest_key
 from viadk8s.errors import SpecError, Viadk8sError
 from viadk8s.pixel_summary import load_summaries
-from viadk8s.pixel_summary import load_summaries
 from viadk8s.results import HISTOGRAM, RunResult, load_scores, run_prefix
 from viadk8s.store import Store
 
