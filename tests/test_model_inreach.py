@@ -37,8 +37,9 @@ SMALL_BACKBONE = {"backbone": "resnet18", "taps": ("layer1.0", "layer1.1", "laye
 
 
 def small_model(**kwargs: object) -> InreachModel:
+    """The network, with the Lightning module's defaults (where they are set) but for ``kwargs``."""
     torch.manual_seed(0)  # the same random backbone every time
-    return InreachModel(**{**SMALL_BACKBONE, **kwargs}).eval()
+    return Inreach(**{"seed": 0, **SMALL_BACKBONE, **kwargs}).model.eval()
 
 
 def test_the_official_thirteen_taps_and_their_descriptors() -> None:
@@ -47,7 +48,7 @@ def test_the_official_thirteen_taps_and_their_descriptors() -> None:
         *("layer3.1", "layer3.2", "layer3.3", "layer3.4", "layer3.5", "layer4.0"),
     )  # layer3.0 is not among them
     torch.manual_seed(0)
-    model = InreachModel(pre_trained=False).eval()  # WideResNet-50-2, the official taps
+    model = Inreach(pre_trained=False).model.eval()  # WideResNet-50-2, the official taps
     assert len(model.backbone.stages[-1]) == 1  # the network stops after layer4.0
     maps = model.backbone(torch.randn(2, 3, 64, 64))
     shapes = [tuple(m.shape[1:]) for m in maps]
@@ -56,7 +57,7 @@ def test_the_official_thirteen_taps_and_their_descriptors() -> None:
     embedding, grid = model.embed(torch.randn(2, 3, 64, 64))
     assert embedding.shape == (2, 16 * 16, 1024) and grid == (16, 16)
     with pytest.raises(ValueError, match="layer3.9"):
-        InreachModel(pre_trained=False, taps=("layer1.0", "layer3.9"))
+        Inreach(pre_trained=False, taps=("layer1.0", "layer3.9"))
 
 
 def test_adaptive_pool_matrix_is_adaptive_average_pooling() -> None:

@@ -11,12 +11,6 @@ the normal images, in the balanced batches of :mod:`viadk8s.data.supervised` (th
 every image turned by a random angle (the official ``RandomRotation(180)``), and scores images only
 (the benchmark reports no pixel metric for it).
 
-Example:
-    >>> from anomalib.engine import Engine
-    >>> from viadk8s.models.devnet import Devnet
-    >>> model = Devnet(pre_trained=False)
-    >>> Engine(max_epochs=50).fit(model, datamodule=datamodule)  # doctest: +SKIP
-
 See Also:
     :class:`viadk8s.models.devnet.torch_model.DevnetModel`: the network.
 """

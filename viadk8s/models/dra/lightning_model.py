@@ -12,12 +12,6 @@ images, in the batches of the official code (:mod:`viadk8s.data.supervised`): 5 
 images, then 32 normal images, then 16 labelled anomalies; each normal image (references included)
 becomes a pseudo anomaly with probability 0.5. It scores images only.
 
-Example:
-    >>> from anomalib.engine import Engine
-    >>> from viadk8s.models.dra import Dra
-    >>> model = Dra(pre_trained=False)
-    >>> Engine(max_epochs=30).fit(model, datamodule=datamodule)  # doctest: +SKIP
-
 See Also:
     :class:`viadk8s.models.dra.torch_model.DraModel`: the network.
 """

@@ -13,23 +13,20 @@ Paper: `Inter-Realization Channels: Unsupervised Anomaly Detection Beyond One-Cl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import Evaluator
-from anomalib.models.components import AnomalibModule, MemoryBankMixin
+from anomalib.models.components import MemoryBankMixin
 from anomalib.post_processing import PostProcessor
-from anomalib.visualization import Visualizer
-from lightning.pytorch.utilities.types import STEP_OUTPUT
-from torch import nn
 
+from viadk8s.models.components.module import Module, Processors
 from viadk8s.models.inreach.torch_model import OFFICIAL_TAPS, Association, InreachModel
 
 
-class Inreach(MemoryBankMixin, AnomalibModule):
-    """InReaCh Lightning module.
+class Inreach(MemoryBankMixin, Module):
+    """InReaCh Lightning module; one-class in anomalib's terms: it trains on the training split, whose
+    labels it never reads.
 
     The pre-processor is anomalib's default: resize to the given size and ImageNet normalisation,
     no centre crop (the protocol's). See :class:`InreachModel` for the arguments shared with it.
@@ -37,10 +34,8 @@ class Inreach(MemoryBankMixin, AnomalibModule):
     Args:
         seed: seeds the choice of seed images; ``None``: the seed torch was last seeded with (the
             run seed Lightning's ``seed_everything`` set before the model was built).
-        pre_processor: pre-processor instance or flag.
-        post_processor: post-processor instance or flag.
-        evaluator: evaluator instance or flag.
-        visualizer: visualizer instance or flag.
+        **processors: anomalib's pre-processor, post-processor, evaluator and visualiser, instances
+            or flags (:class:`~viadk8s.models.components.module.Processors`).
     """
 
     def __init__(
@@ -60,17 +55,9 @@ class Inreach(MemoryBankMixin, AnomalibModule):
         sigma: float = 13.0,
         max_distance_mib: int = 512,
         seed: int | None = None,
-        pre_processor: nn.Module | bool = True,
-        post_processor: nn.Module | bool = True,
-        evaluator: Evaluator | bool = True,
-        visualizer: Visualizer | bool = True,
+        **processors: Unpack[Processors],
     ) -> None:
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
+        super().__init__(**processors)
         self.model = InreachModel(
             backbone=backbone,
             taps=taps,
@@ -110,20 +97,10 @@ class Inreach(MemoryBankMixin, AnomalibModule):
         whether the spread-rule fallback was used, the association and the position channels."""
         return self.model.report
 
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Scores and maps of a validation batch."""
-        del args, kwargs
-        return batch.update(**self.model(batch.image)._asdict())
-
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """One pass over the training images, no gradient clipping, no sanity validation."""
-        return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0, "devices": 1}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class in anomalib's terms: it trains on the training split, whose labels it never reads."""
-        return LearningType.ONE_CLASS
+        """One pass over the training images on one device, no gradient clipping, no sanity validation."""
+        return {**super().trainer_arguments, "max_epochs": 1, "devices": 1}
 
     @staticmethod
     def configure_post_processor() -> PostProcessor:

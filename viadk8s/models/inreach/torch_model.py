@@ -285,6 +285,8 @@ def filter_channels(features: Sequence[torch.Tensor], members: torch.Tensor, min
 class InreachModel(DynamicBufferMixin, nn.Module):
     """InReaCh's network: frozen backbone, the official patch descriptors and the nominal bank.
 
+    The settings' defaults (the official code's) are those of the Lightning module, :class:`~viadk8s.models.inreach.Inreach`.
+
     Args:
         backbone: timm ResNet name.
         taps: blocks whose outputs make the patch descriptors; the first sets the patch grid.
@@ -309,21 +311,21 @@ class InreachModel(DynamicBufferMixin, nn.Module):
 
     def __init__(
         self,
-        backbone: str = "wide_resnet50_2.tv_in1k",
-        taps: Sequence[str] = OFFICIAL_TAPS,
-        pre_trained: bool = True,
-        embedding_dim: int = 1024,
-        num_seeds: int = 10,
-        association: Association = "official",
-        min_channel_members: int = 3,
-        max_channel_spread: float = 5.0,
-        spread_fallback: bool | None = None,
-        position_channels: bool | None = None,
-        position_weight: float = 5.0,
-        alignment_threshold: float = 1000.0,
-        sigma: float = 13.0,
-        max_distance_mib: int = 512,
-        seed: int = 0,
+        backbone: str,
+        taps: Sequence[str],
+        pre_trained: bool,
+        embedding_dim: int,
+        num_seeds: int,
+        association: Association,
+        min_channel_members: int,
+        max_channel_spread: float,
+        spread_fallback: bool | None,
+        position_channels: bool | None,
+        position_weight: float,
+        alignment_threshold: float,
+        sigma: float,
+        max_distance_mib: int,
+        seed: int,
     ) -> None:
         super().__init__()
         if association not in ("official", "paper"):

@@ -13,25 +13,21 @@ Paper: `SimpleNet: A Simple Network for Image Anomaly Detection and Localization
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Unpack
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import Evaluator
-from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
-from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
 from viadk8s.models.components import FeatureCache
+from viadk8s.models.components.module import Module, Processors
 from viadk8s.models.simplenet.torch_model import SimplenetModel
 
 
-class Simplenet(AnomalibModule):
-    """SimpleNet as an anomalib module (one-class: trained on normal images only).
+class Simplenet(Module):
+    """SimpleNet as an anomalib module (one-class: trained on normal images only); no gradient
+    clipping (manual optimisation).
 
     The inherited ``configure_pre_processor(image_size)`` resizes to exactly ``image_size`` and
     normalises with ImageNet statistics, with no centre crop (the protocol's preprocessing).
@@ -48,10 +44,8 @@ class Simplenet(AnomalibModule):
         discriminator_lr: Adam learning rate of the discriminator.
         discriminator_weight_decay: Adam weight decay of the discriminator.
         cache_features: compute the backbone's maps of each training image once per run.
-        pre_processor: pre-processor, or whether to build the default one.
-        post_processor: post-processor, or whether to build the default one.
-        evaluator: evaluator, or whether to build the default one.
-        visualizer: visualizer, or whether to build the default one.
+        **processors: anomalib's pre-processor, post-processor, evaluator and visualiser, or whether
+            to build the default ones (:class:`~viadk8s.models.components.module.Processors`).
     """
 
     def __init__(
@@ -67,17 +61,9 @@ class Simplenet(AnomalibModule):
         discriminator_lr: float = 2e-4,
         discriminator_weight_decay: float = 1e-5,
         cache_features: bool = True,
-        pre_processor: PreProcessor | bool = True,
-        post_processor: PostProcessor | bool = True,
-        evaluator: Evaluator | bool = True,
-        visualizer: Visualizer | bool = True,
+        **processors: Unpack[Processors],
     ) -> None:
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
+        super().__init__(**processors)
         self.model = SimplenetModel(
             backbone=backbone,
             layers=layers or ["layer2", "layer3"],
@@ -120,17 +106,6 @@ class Simplenet(AnomalibModule):
         self.log("fake_loss", fake_loss)
         return {"loss": loss.detach()}
 
-    def on_train_end(self) -> None:
-        """Free the cached training features before testing."""
-        if self.feature_cache is not None:
-            self.feature_cache.clear()
-
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Image scores and anomaly maps of a validation batch."""
-        del args, kwargs  # These variables are not used.
-        predictions = self.model(batch.image)
-        return batch.update(**predictions._asdict())
-
     def configure_optimizers(self) -> list[optim.Optimizer]:
         """AdamW for the adaptor, Adam with weight decay for the discriminator; no scheduler."""
         return [
@@ -139,13 +114,3 @@ class Simplenet(AnomalibModule):
                 self.model.discriminator.parameters(), lr=self.discriminator_lr, weight_decay=self.discriminator_weight_decay
             ),
         ]
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping (manual optimisation) and no sanity validation."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class: the training images are taken as normal."""
-        return LearningType.ONE_CLASS
