@@ -42,10 +42,11 @@ from torchvision.tv_tensors import Image as TvImage
 from viadk8s import catalog
 from viadk8s.data.images import read_image
 from viadk8s.data.layout import Sample, scan_category
+from viadk8s.data.samples import SamplesDataModule
 from viadk8s.spec import RunSpec
 from viadk8s.worker.adapters import build_model, quirks_fixed
 from viadk8s.worker.env import loader_workers, usable_cpus
-from viadk8s.worker.training import SamplesDataModule, accelerator
+from viadk8s.worker.training import accelerator
 
 SIZE = 256
 WIDTH, HEIGHT = 1500, 1000  # VisA's images
@@ -114,7 +115,8 @@ def epoch_seconds(loader: DataLoader, repeats: int) -> float:
 
 
 def worker_data(samples: list[Sample], work: Path, model: Any = None) -> SamplesDataModule:
-    data = SamplesDataModule("bench-visa", samples, labelled_train=False, batch_size=BATCH, seed=SEED)
+    loading = {"num_workers": loader_workers(), "gpu": accelerator() == "gpu", "decode_threads": usable_cpus()}  # as the worker
+    data = SamplesDataModule("bench-visa", samples, labelled_train=False, batch_size=BATCH, seed=SEED, **loading)
     if model is None:  # set up as Lightning does, under a model that resizes to SIZE
         model = SimpleNamespace(pre_processor=Fastflow.configure_pre_processor(image_size=(SIZE, SIZE)))
         data.trainer = SimpleNamespace(model=model, default_root_dir=str(work))  # type: ignore[assignment]

@@ -28,10 +28,10 @@ from viadk8s.data.decoded import SPILL_FILE, DecodedImages, load_image
 from viadk8s.data.drift import write_drifted_test_set
 from viadk8s.data.images import read_image, to_float
 from viadk8s.data.layout import Sample
+from viadk8s.data.samples import SamplesDataModule
 from viadk8s.errors import SpecError
 from viadk8s.spec import RunSpec
 from viadk8s.worker import env as worker_env
-from viadk8s.worker.training import SamplesDataModule
 
 SIZE = 24  # the model's input size in these tests; every image is larger and not square
 
@@ -67,10 +67,11 @@ def category(root: Path, bits: int) -> list[Sample]:
     return samples
 
 
-def module(samples: list[Sample], work: Path, bits: int = 8, workers: int = 0) -> SamplesDataModule:
+def module(samples: list[Sample], work: Path, bits: int = 8, workers: int = 0, gpu: bool = False) -> SamplesDataModule:
     """The worker's data module under a trainer whose model resizes to SIZE, set up as Lightning does."""
-    data = SamplesDataModule("d-c", samples, labelled_train=False, batch_size=4, seed=3, bit_depth=12 if bits == 16 else 8)
-    data.num_workers = workers
+    bit_depth = 12 if bits == 16 else 8
+    loading = {"num_workers": workers, "gpu": gpu}
+    data = SamplesDataModule("d-c", samples, labelled_train=False, batch_size=4, seed=3, bit_depth=bit_depth, **loading)
     model = SimpleNamespace(pre_processor=Padim.configure_pre_processor(image_size=(SIZE, SIZE)))
     data.trainer = SimpleNamespace(model=model, default_root_dir=str(work))  # type: ignore[assignment]
     data.setup("fit")
@@ -263,12 +264,8 @@ def test_loader_workers_override_and_bad_values(tmp_path: Path, monkeypatch: pyt
 
 
 @pytest.mark.parametrize(("device", "pinned"), [("gpu", True), ("cpu", False)])
-def test_loaders_pin_memory_and_keep_workers_on_a_gpu(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, pinned: bool
-) -> None:
-    monkeypatch.setenv("VIADK8S_ACCELERATOR", device)
-    monkeypatch.setenv("VIADK8S_DATALOADER_WORKERS", "2")
-    data = module(category(tmp_path / "data", 8), tmp_path / "work", workers=2)
+def test_loaders_pin_memory_and_keep_workers_on_a_gpu(tmp_path: Path, device: str, pinned: bool) -> None:
+    data = module(category(tmp_path / "data", 8), tmp_path / "work", workers=2, gpu=device == "gpu")
     assert data.num_workers == 2
     for loader in (data.train_dataloader(), data.test_dataloader()):
         assert (loader.num_workers, loader.pin_memory, loader.persistent_workers) == (2, pinned, pinned)

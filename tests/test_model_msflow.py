@@ -19,6 +19,7 @@ from tests.conftest import TINY
 from viadk8s import metrics
 from viadk8s.catalog import SyntheticOptions
 from viadk8s.data.layout import scan_category
+from viadk8s.data.samples import SamplesDataModule
 from viadk8s.data.synthetic import generate_category
 from viadk8s.models.msflow import Msflow
 from viadk8s.models.msflow.lightning_model import GRADIENT_CLIP_NORM, learning_rate_factor, warmup_epochs
@@ -33,7 +34,7 @@ from viadk8s.models.msflow.torch_model import (
 )
 from viadk8s.spec import RunSpec, Trainer
 from viadk8s.worker.adapters import evaluator
-from viadk8s.worker.training import SamplesDataModule, train_and_test
+from viadk8s.worker.training import train_and_test
 
 SHAPES = [(4, 4, 4), (5, 2, 2), (8, 2, 2)]  # (C, H, W) of each scale: a few channels (one odd), tiny maps
 Transform = Callable[[list[torch.Tensor], bool], tuple[list[torch.Tensor], torch.Tensor]]

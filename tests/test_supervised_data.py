@@ -19,12 +19,12 @@ from torch.utils.data import TensorDataset
 
 from tests.conftest import TINY
 from viadk8s.data.layout import Sample
+from viadk8s.data.samples import SamplesDataModule
 from viadk8s.data.supervised import BalancedBatches, BalancedBatchSampler, balanced_loader
 from viadk8s.errors import SpecError
 from viadk8s.models.devnet import Devnet
 from viadk8s.models.dra import Dra
 from viadk8s.spec import RunSpec
-from viadk8s.worker.training import SamplesDataModule
 
 LABELS = [0] * 30 + [1] * 3 + [0] * 7  # 37 normal images, 3 labelled anomalies among them
 

@@ -28,9 +28,11 @@ from viadk8s.config import Config
 from viadk8s.data.images import detect_bit_depth, inspect
 from viadk8s.data.layout import Sample, has_pixel_masks, scan_category
 from viadk8s.data.resolve import Datasets
+from viadk8s.data.samples import SamplesDataModule
 from viadk8s.data.synthetic import texture_bank
 from viadk8s.lock import lock_sha256
 from viadk8s.metrics import verify
+from viadk8s.models.components.balanced import requested_batches
 from viadk8s.pixel_summary import PIXEL_SUMMARY, PixelSummary
 from viadk8s.results import HISTOGRAM, SCORES, DataSummary, RunResult, Timings, Uncertainty, commit_result, run_prefix
 from viadk8s.spec import RunSpec
@@ -38,8 +40,9 @@ from viadk8s.stats import METHOD, intervals
 from viadk8s.store import Store
 from viadk8s.tracking import log_run
 from viadk8s.worker.adapters import build_model, model_class, quirks_fixed
+from viadk8s.worker.env import loader_workers, usable_cpus
 from viadk8s.worker.outputs import scores_frame, write_histogram, write_overlays, write_scores
-from viadk8s.worker.training import Outcome, SamplesDataModule, accelerator, train_and_test
+from viadk8s.worker.training import Outcome, accelerator, train_and_test
 from viadk8s.worker.variants import Prepared, prepare
 from viadk8s.worker.weights import cached_weights_only
 
@@ -142,7 +145,10 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
             spec.trainer.batch_size,
             spec.seed,
             images["bit_depth"],
-            balanced=getattr(model_class(entry), "balanced_batches", None),  # a model's own batch recipe
+            balanced=requested_batches(model_class(entry)),  # a model's own batch recipe
+            num_workers=loader_workers(),
+            gpu=device == "gpu",
+            decode_threads=usable_cpus(),
         )
         with quirks_fixed(entry, spec.weights == "imagenet"), cached_weights_only():
             model = build_model(spec, entry, _anomaly_source(config, notes), monitor)
