@@ -6,12 +6,6 @@ Paper:
     Venue: IEEE Transactions on Neural Networks and Learning Systems, 2024
     URL: https://arxiv.org/abs/2308.15300
 
-Example:
-    >>> from anomalib.engine import Engine
-    >>> from viadk8s.models.msflow import Msflow
-    >>> model = Msflow(pre_trained=False)
-    >>> Engine(max_epochs=100).fit(model, datamodule=datamodule)  # doctest: +SKIP
-
 See Also:
     :class:`viadk8s.models.msflow.torch_model.MsflowModel`: the network.
 """
@@ -20,21 +14,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, Unpack
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import Evaluator
-from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
-from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
 from viadk8s.metrics import PIXEL_AUROC_MAP
 from viadk8s.models.components import FeatureCache
+from viadk8s.models.components.module import Module, Processors, epoch_schedule
 
 from .torch_model import MsflowModel, ScoreMap, nll_loss
 
@@ -60,8 +49,9 @@ def learning_rate_factor(epoch: int, max_epochs: int) -> float:
     return rise * DECAY ** sum(epoch >= round(share * max_epochs) for share in DECAY_AT)
 
 
-class Msflow(AnomalibModule):
-    """MSFlow: multi-scale normalising flows on frozen CNN features.
+class Msflow(Module):
+    """MSFlow: multi-scale normalising flows on frozen CNN features; the gradient norm (of all flow
+    parameters together) clipped at 2, as the official training.
 
     Args:
         backbone: timm name of the frozen CNN. Defaults to ``"wide_resnet50_2.tv_in1k"`` (torchvision's
@@ -80,11 +70,11 @@ class Msflow(AnomalibModule):
         cache_features: compute the frozen backbone's features of each training image once per run
             (training images are not augmented, so every epoch would recompute the same numbers).
             Defaults to ``True``.
-        pre_processor: resize and ImageNet normalisation (no crop). Defaults to ``True``.
-        post_processor: Defaults to ``True``.
-        evaluator: Defaults to ``True``.
-        visualizer: Defaults to ``True``.
+        **processors: anomalib's pre-processor (resize and ImageNet normalisation, no crop),
+            post-processor, evaluator and visualiser (:class:`~viadk8s.models.components.module.Processors`).
     """
+
+    gradient_clip_norm: ClassVar[float] = GRADIENT_CLIP_NORM
 
     def __init__(
         self,
@@ -98,17 +88,9 @@ class Msflow(AnomalibModule):
         score_map: ScoreMap = "multiplication",
         learning_rate: float = 1e-4,
         cache_features: bool = True,
-        pre_processor: PreProcessor | bool = True,
-        post_processor: PostProcessor | bool = True,
-        evaluator: Evaluator | bool = True,
-        visualizer: Visualizer | bool = True,
+        **processors: Unpack[Processors],
     ) -> None:
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
+        super().__init__(**processors)
         self.model = MsflowModel(
             backbone=backbone,
             layers=layers,
@@ -132,14 +114,7 @@ class Msflow(AnomalibModule):
         """Negative log-likelihood of the batch's features (summed over each image's dimensions)."""
         del args, kwargs  # These variables are not used.
         latents, log_det = self.model.flows(self.training_features(batch))
-        loss = nll_loss(latents, log_det)
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
-        return {"loss": loss}
-
-    def on_train_end(self) -> None:
-        """Release the cached features: testing does not use them."""
-        if self.feature_cache is not None:
-            self.feature_cache.clear()
+        return self.logged_loss(nll_loss(latents, log_det))
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Image scores and anomaly maps of a batch; beside them, as ``PIXEL_AUROC_MAP``, the addition
@@ -158,17 +133,4 @@ class Msflow(AnomalibModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """Adam on the flows; warm-up over 12 % of the trainer's epochs, then x0.33 at 70 % and 90 %."""
         optimizer = optim.Adam((p for p in self.model.flows.parameters() if p.requires_grad), lr=self.learning_rate)
-        factor = functools.partial(learning_rate_factor, max_epochs=self.trainer.max_epochs)
-        scheduler = optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """Gradient-norm clipping at 2 (of all flow parameters together), as the official training; no
-        sanity validation."""
-        return {"gradient_clip_val": GRADIENT_CLIP_NORM, "gradient_clip_algorithm": "norm", "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """MSFlow learns from normal images only."""
-        return LearningType.ONE_CLASS
+        return epoch_schedule(optimizer, functools.partial(learning_rate_factor, max_epochs=self.trainer.max_epochs))

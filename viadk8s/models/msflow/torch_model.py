@@ -269,6 +269,8 @@ def top_k_score(maps: torch.Tensor, ratio: float) -> torch.Tensor:
 class MsflowModel(nn.Module):
     """MSFlow: frozen backbone, pooled multi-scale features, parallel + fusion flows, two anomaly maps.
 
+    The settings' defaults (the official code's) are those of the Lightning module, :class:`~viadk8s.models.msflow.Msflow`.
+
     Args:
         backbone: timm name of the frozen CNN.
         layers: backbone layers giving the scales (one parallel flow each).
@@ -284,14 +286,14 @@ class MsflowModel(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "wide_resnet50_2.tv_in1k",
-        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
-        pre_trained: bool = True,
-        flow_blocks: Sequence[int] = (2, 5, 8),
-        clamp: float = 1.9,
-        condition_channels: int = 64,
-        top_k: float = 0.03,
-        score_map: ScoreMap = "multiplication",
+        backbone: str,
+        layers: Sequence[str],
+        pre_trained: bool,
+        flow_blocks: Sequence[int],
+        clamp: float,
+        condition_channels: int,
+        top_k: float,
+        score_map: ScoreMap,
     ) -> None:
         super().__init__()
         if score_map not in ("multiplication", "addition"):
