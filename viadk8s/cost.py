@@ -18,19 +18,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from scipy.optimize import nnls
 
 from viadk8s import catalog
 from viadk8s.config import Config
 from viadk8s.data.layout import scan_category
 from viadk8s.data.splits import VAL_FRACTION
 from viadk8s.errors import SpecError, validation_message
-from viadk8s.results import RunResult
 from viadk8s.spec import RunSpec
+
+if TYPE_CHECKING:  # results (pandas) and scipy are for calibration: an estimate answers without them
+    from viadk8s.results import RunResult
 
 DEFAULT_TABLE = "costs.yaml"  # in viadk8s/catalog, shipped with the package
 #: Per category (train good, test good, test bad) where nothing better is known: MVTec AD's mean
@@ -228,6 +230,8 @@ def _separable(x: np.ndarray) -> bool:
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Non-negative intercept and slope of ``y ≈ a + b·x``; through the origin when ``x`` takes one value."""
+    from scipy.optimize import nnls
+
     if not _separable(x):
         return 0.0, float(max(0.0, (x @ y) / (x @ x))) if x @ x else 0.0
     (a, b), _ = nnls(np.column_stack([np.ones_like(x), x]), y)

@@ -12,6 +12,9 @@ colour); a mask whose size differs from its image's is resized with nearest neig
 
 A file that cannot be decoded (truncated, not an image) raises :class:`BadImage`: bad data, exit
 2, naming the file, never an "infrastructure" retry.
+
+torch is imported by the two functions that return tensors, not here: planning and estimating
+read this module (through the dataset checks) and must not pay torch's seconds of import.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from viadk8s.errors import SpecError
+
+if TYPE_CHECKING:
+    import torch
 
 BIT_DEPTHS = (8, 10, 12, 14, 16)
 TIFF = {".tif", ".tiff"}
@@ -139,6 +145,8 @@ def detect_bit_depth(paths: Iterable[str | Path]) -> tuple[int, str]:
 
 def to_float(array: np.ndarray, bit_depth: int) -> torch.Tensor:
     """``(3, H, W)`` float32 in [0, 1]: 8-bit data / 255, wider data / (2**bit_depth - 1), clipped."""
+    import torch
+
     if array.dtype == np.bool_:
         scaled = array.astype(np.float32)
     else:
@@ -156,6 +164,8 @@ def read_image(path: str | Path, bit_depth: int = 8) -> torch.Tensor:
 def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
     """A mask as ``(H, W)`` uint8 0/1 (any non-zero value is defect), resized to ``size`` with
     nearest neighbour when it differs."""
+    import torch
+
     path = Path(path)
     if path.suffix.lower() in TIFF:
         values = decode(path)
