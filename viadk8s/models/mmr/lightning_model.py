@@ -1,17 +1,8 @@
 """MMR Lightning model: masked reconstruction of frozen teacher features by a ViT student.
 
-Paper:
-    Title: Industrial anomaly detection with domain shift: A real-world dataset and masked
-        multi-scale reconstruction
-    Authors: Zilong Zhang, Zhibin Zhao, Xingwu Zhang, Chuang Sun, Xuefeng Chen
-    Venue: Computers in Industry 151, 2023
-    URL: https://arxiv.org/abs/2304.02216
-
-Example:
-    >>> from anomalib.engine import Engine
-    >>> from viadk8s.models.mmr import Mmr
-    >>> model = Mmr(pre_trained=False)
-    >>> Engine(max_epochs=200).fit(model, datamodule=datamodule)  # doctest: +SKIP
+Paper: Zhang, Zhao, Zhang, Sun, Chen, *Industrial anomaly detection with domain shift: A real-world
+dataset and masked multi-scale reconstruction*, Computers in Industry 151, 2023
+(https://arxiv.org/abs/2304.02216).
 
 See Also:
     :class:`viadk8s.models.mmr.torch_model.MmrModel`: the network.
@@ -21,18 +12,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
-from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import Evaluator
-from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
-from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from timm.optim import param_groups_weight_decay
 from torch import optim
+
+from viadk8s.models.components.module import Module, Processors, epoch_schedule
 
 from .torch_model import MmrModel
 
@@ -57,8 +44,9 @@ def learning_rate_factor(epoch: int, max_epochs: int) -> float:
     return DECAY ** sum(epoch + 1 >= round(share * max_epochs) for share in DECAY_AT)
 
 
-class Mmr(AnomalibModule):
-    """MMR: a frozen CNN teacher and a ViT student that reconstructs its maps from masked images.
+class Mmr(Module):
+    """MMR: a frozen CNN teacher and a ViT student that reconstructs its maps from masked images;
+    no gradient clipping (the paper has none).
 
     The inherited ``configure_pre_processor(image_size)`` resizes to exactly ``image_size`` with
     ImageNet normalisation and no centre crop (the protocol's preprocessing).
@@ -78,10 +66,8 @@ class Mmr(AnomalibModule):
         learning_rate: AdamW's base learning rate. Defaults to ``1e-3``.
         weight_decay: AdamW's weight decay (not on biases and norms). Defaults to ``0.05``.
         betas: AdamW's betas. Defaults to ``(0.9, 0.95)``.
-        pre_processor: resize and ImageNet normalisation (no crop). Defaults to ``True``.
-        post_processor: Defaults to ``True``.
-        evaluator: Defaults to ``True``.
-        visualizer: Defaults to ``True``.
+        **processors: anomalib's pre-processor (resize and ImageNet normalisation, no crop),
+            post-processor, evaluator and visualiser (:class:`~viadk8s.models.components.module.Processors`).
     """
 
     def __init__(
@@ -98,17 +84,9 @@ class Mmr(AnomalibModule):
         learning_rate: float = 1e-3,
         weight_decay: float = 0.05,
         betas: Sequence[float] = (0.9, 0.95),
-        pre_processor: PreProcessor | bool = True,
-        post_processor: PostProcessor | bool = True,
-        evaluator: Evaluator | bool = True,
-        visualizer: Visualizer | bool = True,
+        **processors: Unpack[Processors],
     ) -> None:
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
+        super().__init__(**processors)
         self.model = MmrModel(
             backbone=backbone,
             layers=layers,
@@ -128,29 +106,11 @@ class Mmr(AnomalibModule):
         """Reconstruction loss of the batch, randomly cropped and flipped, the student seeing it with
         40 % of its tokens masked (:meth:`MmrModel.training_loss`)."""
         del args, kwargs  # These variables are not used.
-        loss = self.model.training_loss(batch.image)
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
-        return {"loss": loss}
-
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Image scores and anomaly maps of a validation batch (nothing masked)."""
-        del args, kwargs  # These variables are not used.
-        return batch.update(**self.model(batch.image)._asdict())
+        return self.logged_loss(self.model.training_loss(batch.image))
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW on the student (no weight decay on biases and norms); warm-up, then x0.1 steps, per epoch."""
         groups = param_groups_weight_decay(self.model.student, weight_decay=self.weight_decay)
         optimizer = optim.AdamW(groups, lr=self.learning_rate, betas=self.betas)
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else PAPER_EPOCHS
-        scheduler = optim.lr_scheduler.LambdaLR(optimizer, functools.partial(learning_rate_factor, max_epochs=max_epochs))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping (the paper has none), no sanity validation."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """MMR learns from normal images only."""
-        return LearningType.ONE_CLASS
+        return epoch_schedule(optimizer, functools.partial(learning_rate_factor, max_epochs=max_epochs))

@@ -338,6 +338,8 @@ def distance_map(
 class MmrModel(nn.Module):
     """MMR: frozen CNN teacher, masked ViT student with a feature-pyramid decoder.
 
+    The settings' defaults (the paper's) are those of the Lightning module, :class:`~viadk8s.models.mmr.Mmr`.
+
     Args:
         backbone: timm name of the frozen teacher CNN.
         layers: teacher layers, one scale each (strides 4, 8 and 16 for WideResNet layers 1-3).
@@ -354,15 +356,15 @@ class MmrModel(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "wide_resnet50_2.tv_in1k",
-        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
-        encoder: str = "vit_base_patch16_224.mae",
-        pre_trained: bool = True,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mask_ratio: float = 0.4,
-        sigma: float = 4.0,
+        backbone: str,
+        layers: Sequence[str],
+        encoder: str,
+        pre_trained: bool,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mask_ratio: float,
+        sigma: float,
     ) -> None:
         super().__init__()
         self.teacher = TimmFeatureExtractor(backbone, layers=layers, pre_trained=pre_trained).eval()
