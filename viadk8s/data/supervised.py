@@ -10,8 +10,10 @@ in passes over the data. DRA also compares every batch with reference normal ima
 official code draws from a second loader, batch after batch: here they come first in each batch,
 from their own seeded stream.
 
-A model asks for it with a class attribute ``balanced_batches = BalancedBatches(...)``; the worker's
-data module reads it and serves :func:`balanced_loader` in supervised runs only. Plain torch/numpy.
+A model asks for it by declaring ``balanced_batches = BalancedBatches(...)`` on a
+:class:`viadk8s.models.components.balanced.BalancedBatchesModule`; the worker reads it through
+``requested_batches`` and its data module serves :func:`balanced_loader` in supervised runs only.
+Plain torch/numpy.
 """
 
 from __future__ import annotations
