@@ -12,7 +12,7 @@ import os
 import platform
 import resource
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -34,7 +34,17 @@ from viadk8s.lock import lock_sha256
 from viadk8s.metrics import verify
 from viadk8s.models.components.balanced import requested_batches
 from viadk8s.pixel_summary import PIXEL_SUMMARY, PixelSummary
-from viadk8s.results import HISTOGRAM, SCORES, DataSummary, RunResult, Timings, Uncertainty, commit_result, run_prefix
+from viadk8s.results import (
+    HISTOGRAM,
+    SCORES,
+    DataSummary,
+    Overlay,
+    RunResult,
+    Timings,
+    Uncertainty,
+    commit_result,
+    run_prefix,
+)
 from viadk8s.spec import RunSpec
 from viadk8s.stats import METHOD, intervals
 from viadk8s.store import Store
@@ -79,9 +89,45 @@ def _versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{n: metadata.version(n) for n in names}}
 
 
-def _result(spec: RunSpec, prepared: Prepared, pixel: bool, outcome: Outcome, device: str, notes: list[str]) -> RunResult:
-    test = prepared.split("test")
+@dataclass
+class Parts:
+    """What the worker collects for a run's result, in the order it learns it: :func:`_result` builds
+    the :class:`RunResult` from these once (only the tracking step, which logs the built result, follows)."""
+
+    spec: RunSpec
+    prepared: Prepared
+    pixel: bool
+    images: dict[str, Any]  # bit depth applied and masks resized (:func:`_image_summary`)
+    notes: list[str]
+    outcome: Outcome
+    timings: Timings  # measured as training ends (peak memory then)
+    device: str
+    model_report: dict[str, Any]
+    scores_sha256: str
+    uncertainty: Uncertainty
+    overlays: list[Overlay]
+
+
+def _timings(outcome: Outcome, device: str) -> Timings:
     peak, kind = _peak_memory(device)
+    return Timings(
+        fit_s=round(outcome.fit_s, 3),
+        epoch_s=outcome.epoch_s,
+        test_s=round(outcome.test_s, 3),
+        memory_kind=kind,
+        test_images_per_s=round(len(outcome.scores) / outcome.test_s, 2),
+        peak_memory_mb=round(peak, 1),
+    )
+
+
+def _reported(outcome: Outcome, pixel: bool) -> dict[str, float | None]:
+    """Every catalog metric: pixel ones only where the run had masks (else ``None``)."""
+    return {m: (outcome.metrics.get(m) if pixel or m.startswith("image_") else None) for m in METRICS}
+
+
+def _result(parts: Parts) -> RunResult:
+    spec, prepared, outcome = parts.spec, parts.prepared, parts.outcome
+    test = prepared.split("test")
     return RunResult(
         run_key=spec.run_key,
         spec=spec,
@@ -89,27 +135,25 @@ def _result(spec: RunSpec, prepared: Prepared, pixel: bool, outcome: Outcome, de
         epochs_run=outcome.epochs_run,
         tested_epoch=outcome.tested_epoch,
         validation_history=outcome.validation,
-        metrics={m: (outcome.metrics.get(m) if pixel or m.startswith("image_") else None) for m in METRICS},
-        device=torch.cuda.get_device_name() if device == "gpu" else f"cpu ({os.cpu_count()} cores)",
-        timings=Timings(
-            fit_s=round(outcome.fit_s, 3),
-            epoch_s=outcome.epoch_s,
-            test_s=round(outcome.test_s, 3),
-            memory_kind=kind,
-            test_images_per_s=round(len(outcome.scores) / outcome.test_s, 2),
-            peak_memory_mb=round(peak, 1),
-        ),
+        metrics=_reported(outcome, parts.pixel),
+        device=torch.cuda.get_device_name() if parts.device == "gpu" else f"cpu ({os.cpu_count()} cores)",
+        timings=parts.timings,
         data=DataSummary(
             n_train=len(prepared.split("train")),
             n_val=len(prepared.split("val")),
             n_test_good=sum(s.label == 0 for s in test),
             n_test_bad=sum(s.label == 1 for s in test),
-            pixel_masks=pixel,
+            pixel_masks=parts.pixel,
             changes=prepared.record,
+            images=parts.images,
         ),
         versions=_versions(),
         lock_sha256=lock_sha256(),
-        notes=notes,
+        notes=parts.notes,
+        uncertainty=parts.uncertainty,
+        scores_sha256=parts.scores_sha256,
+        overlays=parts.overlays,
+        model_report=parts.model_report,
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
@@ -153,27 +197,38 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
         with quirks_fixed(entry, spec.weights == "imagenet"), cached_weights_only():
             model = build_model(spec, entry, _anomaly_source(config, notes), monitor)
             outcome = train_and_test(spec, model, data, work, pixel, keep=config.report.overlays)
-        result = _result(spec, prepared, pixel, outcome, device, notes)
-        result.data.images = images
-        result.model_report = dict(getattr(model, "model_report", {}))
+        timings = _timings(outcome, device)
         tested = prepared.split("test")
         write_scores(scores_frame(outcome.scores, tested), work / SCORES)
-        result.scores_sha256 = hashlib.sha256((work / SCORES).read_bytes()).hexdigest()
         stored = pd.read_csv(work / SCORES)
         summary = None
         if outcome.pixel_summary is not None:  # its images named as in scores.csv, checked as stored
             replace(outcome.pixel_summary, images=stored["image_path"].to_numpy(str)).write(work / PIXEL_SUMMARY)
             summary = PixelSummary.from_bytes((work / PIXEL_SUMMARY).read_bytes())
-        verify(result.metrics, stored, summary)  # what we report is what scores.csv (and the pixel summary) give
-        result.uncertainty = _uncertainty(stored, config, spec.seed)
+        verify(_reported(outcome, pixel), stored, summary)  # what we report is what scores.csv (and the pixel summary) give
         write_histogram(stored, spec, work / HISTOGRAM)
         overlays = write_overlays(outcome.mistakes, tested, images["bit_depth"], work / "overlays")
-        result.overlays = [overlay for _, overlay in overlays]
         artifacts = [work / SCORES, work / HISTOGRAM, *prepared.files, *(path for path, _ in overlays)]
         artifacts += [work / PIXEL_SUMMARY] if summary is not None else []
         prefix = run_prefix(spec)
         for path in artifacts:
             store.upload(f"{prefix}/{path.name}", path)
-        result.tracking = log_run(result, config.tracking_uri, config.store_uri, artifacts)
+        result = _result(
+            Parts(
+                spec,
+                prepared,
+                pixel,
+                images,
+                notes,
+                outcome,
+                timings,
+                device,
+                model_report=dict(getattr(model, "model_report", {})),
+                scores_sha256=hashlib.sha256((work / SCORES).read_bytes()).hexdigest(),
+                uncertainty=_uncertainty(stored, config, spec.seed),
+                overlays=[overlay for _, overlay in overlays],
+            )
+        )
+        result = result.model_copy(update={"tracking": log_run(result, config.tracking_uri, config.store_uri, artifacts)})
         commit_result(store, result)
     return result
