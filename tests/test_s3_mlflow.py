@@ -102,6 +102,16 @@ def test_sweep_on_s3_with_mlflow_server(cli, tmp_path: Path, s3: S3Server, s3_en
     table = cli("aggregate", "--sweep", "evaluation", "--config", str(config), "--format", "md")
     assert table.returncode == 0 and "| PaDiM" in table.stdout and "mine" in table.stdout, table.stderr
 
+    # what a reader re-checks, read back from S3: verify, intervals beside the paper, the report
+    checked = cli("verify", "--sweep", "evaluation", "--config", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.splitlines()[-1] == "verified 2 runs of sweep evaluation: 0 disagreements, 0 warnings", checked.stdout
+    against = cli("aggregate", "--sweep", "evaluation", "--config", str(config), "--ci", "--against", "paper")
+    assert against.returncode == 0 and "do not report the evaluation experiment" in against.stderr, against.stderr
+    report = cli("report", "--sweep", "evaluation", "--config", str(config), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0 and (tmp_path / "report" / "report.html").is_file(), report.stderr
+    assert "e2e/sweeps/evaluation/report.html" in keys("e2e/", s3)
+
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow.uri)
