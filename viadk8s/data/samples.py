@@ -134,7 +134,11 @@ class SamplesDataModule(AnomalibDataModule):
         """None: anomalib would give each dataset the model's resize, which :meth:`setup` applies once."""
 
     def _loader(self, dataset: SamplesDataset, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(dataset, shuffle=shuffle, batch_size=batch_size, collate_fn=dataset.collate_fn, **self._loader_args())
+        """A shuffled loader draws its order from its own generator, seeded by the run's seed: the
+        same on every repeat, whatever random numbers the model drew before (as balanced loaders)."""
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        args = {"collate_fn": dataset.collate_fn, "generator": generator, **self._loader_args()}
+        return DataLoader(dataset, shuffle=shuffle, batch_size=batch_size, **args)
 
     def _loader_args(self) -> dict[str, Any]:
         """Pinned memory on a GPU (faster host-to-device copies); workers kept between epochs there."""

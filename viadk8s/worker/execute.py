@@ -20,7 +20,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from lightning.pytorch import seed_everything
 
 from viadk8s import catalog
 from viadk8s.catalog import METRICS, DatasetEntry
@@ -50,6 +49,7 @@ from viadk8s.stats import METHOD, intervals
 from viadk8s.store import Store
 from viadk8s.tracking import log_run
 from viadk8s.worker.adapters import build_model, model_class, quirks_fixed
+from viadk8s.worker.determinism import make_deterministic
 from viadk8s.worker.env import loader_workers, usable_cpus
 from viadk8s.worker.outputs import scores_frame, write_histogram, write_overlays, write_scores
 from viadk8s.worker.training import Outcome, accelerator, train_and_test
@@ -99,6 +99,7 @@ class Parts:
     pixel: bool
     images: dict[str, Any]  # bit depth applied and masks resized (:func:`_image_summary`)
     notes: list[str]
+    determinism: dict[str, Any]  # what :func:`make_deterministic` set
     outcome: Outcome
     timings: Timings  # measured as training ends (peak memory then)
     device: str
@@ -152,6 +153,7 @@ def _result(parts: Parts) -> RunResult:
         notes=parts.notes,
         uncertainty=parts.uncertainty,
         scores_sha256=parts.scores_sha256,
+        determinism=parts.determinism,
         overlays=parts.overlays,
         model_report=parts.model_report,
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -181,7 +183,7 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
         prepared = prepare(spec, samples, work, images["bit_depth"])
         pixel = masks_known and has_pixel_masks(prepared.split("test"))
         monitor = spec.variant.monitor if spec.variant.validation != "last_epoch" else None
-        seed_everything(spec.seed, workers=True, verbose=False)
+        determinism = make_deterministic(spec.seed)
         data = SamplesDataModule(
             f"{spec.dataset}-{spec.category}",
             prepared.samples,
@@ -220,6 +222,7 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
                 pixel,
                 images,
                 notes,
+                determinism,
                 outcome,
                 timings,
                 device,
