@@ -452,6 +452,25 @@ def test_cancel_then_submit_again_resumes_without_duplicates(release: Release) -
     assert len(release.jobs("resume")) == 4 - finished
 
 
+def test_a_pack_runs_in_one_pod_each_run_committed_and_listed_apart(release: Release) -> None:
+    """--pack 3: three 64 px PaDiM runs in one Job and one pod; status and logs show each run."""
+    args = ("--experiment", "evaluation", "--models", "padim", "--datasets", "one", "--image-size", "64", "--seeds", "1,2,3")
+    args = (*args, "--weights", "random", "--sweep", "packed", "--pack", "3")
+    out = release.ok("submit", *args, "--wait", "--interval", "2", "--timeout", "840")
+    assert "1 Jobs created, 0 already there, 0 runs already finished" in out
+    (job,) = release.jobs("packed")
+    assert _condition(job, "Complete") and "viadk8s.io/pack" in job["metadata"]["labels"]
+    keys = job["metadata"]["annotations"]["viadk8s.io/run-keys"].split(",")
+    assert len(keys) == 3 and len(release.pods("viadk8s.io/sweep=packed")) == 1
+    assert sorted(key.split("/")[-2] for key in release.results("packed")) == sorted(keys)
+    status = release.ok("status", "--sweep", "packed")
+    assert "3 succeeded" in status and "(3/3 finished)" in status
+    log = release.ok("logs", keys[1], "--sweep", "packed")  # the pack's pod, found by one of its runs
+    assert f"[{keys[1]}]: done in" in log and all(f"run {key}: done" in log for key in keys)
+    again = release.ok("submit", *args)
+    assert "0 Jobs created, 0 already there, 3 runs already finished (skipped)" in again
+
+
 # --- 4. the nightly CronJob and its regression gate -------------------------------------------------------
 
 

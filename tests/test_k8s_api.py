@@ -11,11 +11,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from viadk8s.backends.k8s import jobs
+from viadk8s.backends.k8s.client import connect
+from viadk8s.backends.k8s.render import job_name
 from viadk8s.cli import app
 from viadk8s.config import load_config
 from viadk8s.errors import InfraError
-from viadk8s.backends.k8s import jobs
-from viadk8s.backends.k8s.client import connect
 from viadk8s.plan import Selection, plan
 
 
@@ -76,3 +77,11 @@ def test_client_dry_run_contacts_nothing(nowhere: str, tmp_path: Path) -> None:
     report = jobs.submit(planned, config, None, dry_run="client")
     assert len(report.created) == 2 and report.namespace == "bench"  # the namespace of the kube context
     assert not (tmp_path / "store").exists()  # only a real submission writes the sweep manifest
+
+
+def test_client_dry_run_packs_short_runs_into_one_job(nowhere: str, tmp_path: Path) -> None:
+    """``--pack 2``: the two short PatchCore runs share one Job, named after both."""
+    config = load_config(store=str(tmp_path / "store"))
+    planned = plan("input_size", Selection(models=["patchcore"], seeds=[1], image_sizes=[128], sweep="s1"), config)
+    report = jobs.submit(planned, config, None, dry_run="client", size=2)
+    assert report.created == [job_name(planned.sweep.runs)] and len(planned.sweep.runs) == 2

@@ -25,10 +25,7 @@ from referencing import Registry, Resource
 from typer.testing import CliRunner
 
 from viadk8s import catalog
-from viadk8s.cli import app
-from viadk8s.cluster_config import ClusterSettings, with_overrides
-from viadk8s.config import Config, load_config
-from viadk8s.errors import SpecError
+from viadk8s.backends import pack_key
 from viadk8s.backends.k8s.client import resolve_namespace
 from viadk8s.backends.k8s.render import (
     KUEUE_QUEUE_LABEL,
@@ -41,8 +38,13 @@ from viadk8s.backends.k8s.render import (
     render_sweep,
     to_yaml_json,
 )
+from viadk8s.cli import app
+from viadk8s.cluster_config import ClusterSettings, with_overrides
+from viadk8s.config import Config, load_config
+from viadk8s.errors import SpecError
 from viadk8s.plan import Selection, plan
 from viadk8s.spec import RunSpec
+from viadk8s.worker.pack import parse_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "viadk8s"
@@ -169,6 +171,26 @@ def test_rendering_is_deterministic_and_named_after_sweep_and_run_key() -> None:
     assert [j.text for j in first.jobs] == [j.text for j in second.jobs]
     spec = first.jobs[0].spec
     assert first.jobs[0].name == job_name(spec) == f"input-size-{spec.run_key}"
+
+
+def test_a_pack_is_one_valid_restricted_job_named_after_its_runs() -> None:
+    """``--pack``: one Job whose pod runs the pack's specs in turn; its name and labels stay valid
+    and depend only on which runs it holds."""
+    config = load_config()
+    runs = plan("input_size", Selection(models=["patchcore"], seeds=[1, 2]), config).sweep.runs[:3]
+    job = render_job(runs, config.cluster, "bench")
+    check_manifest(job.body)
+    assert job.name == job_name(runs) == f"input-size-{pack_key(runs)}" and DNS_LABEL.match(job.name)
+    assert render_job(runs[::-1], config.cluster, "bench").name == job.name
+    labels, annotations = job.body["metadata"]["labels"], job.body["metadata"]["annotations"]
+    assert labels["viadk8s.io/pack"] == pack_key(runs) and "viadk8s.io/run-key" not in labels
+    assert all(LABEL_VALUE.match(v) for v in labels.values())
+    assert annotations["viadk8s.io/run-keys"] == ",".join(s.run_key for s in runs)
+    pod = job.body["spec"]["template"]
+    assert parse_specs(pod["metadata"]["annotations"][SPEC_ANNOTATION]) == list(job.runs) == runs
+    assert pod["spec"]["containers"][0]["command"] == ["viadk8s", "worker", "--spec", "/etc/viadk8s/spec/spec.json"]
+    rendered = render_sweep(plan("input_size", Selection(models=["patchcore"]), config), config, "bench", [runs])
+    assert [j.name for j in rendered.jobs] == [job.name]
 
 
 # --- injection safety --------------------------------------------------------------------------------
@@ -414,6 +436,12 @@ def test_cli_render_and_client_dry_run_without_a_cluster(tmp_path: Path, monkeyp
     ], result.output
     result = runner.invoke(app, ["submit", "--experiment", "input_size", "--dry-run=maybe"])
     assert result.exit_code == 2 and "unknown --dry-run 'maybe'; allowed: client, server" in result.output
+    # 2 short models x 2 categories x 3 seeds: 6 runs per model, 4 at most per pack -> 4 + 2 each
+    short = ["-e", "evaluation", "--models", "patchcore,padim", "--image-size", "64", "--seeds", "1,2,3"]
+    result = runner.invoke(app, ["render", *short, "--out", str(tmp_path / "packed"), "--pack", "4"])
+    assert result.exit_code == 0 and "wrote 5 manifests (4 Jobs + ConfigMap)" in result.output, result.output
+    result = runner.invoke(app, ["submit", "-e", "supervised", "--dry-run=client", "--pack", "none"])
+    assert result.exit_code == 2 and "bad --pack 'none'" in result.output
 
 
 # --- Helm chart -------------------------------------------------------------------------------------

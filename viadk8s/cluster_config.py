@@ -196,6 +196,14 @@ class JobSettings(_Settings):
     ttl_seconds_after_finished: int | None = Field(default=7 * 24 * 3600, ge=0)
 
 
+class PackSettings(_Settings):
+    """``--pack``: which runs share one worker process (one pod), by the cost model's estimate
+    (:mod:`viadk8s.cost`); a run it cannot estimate, or estimates longer, keeps its own."""
+
+    short_s: float = Field(default=600, gt=0, description="runs estimated below this many seconds are packed")
+    auto_s: float = Field(default=3600, gt=0, description="--pack auto: runs join a pack while its estimate stays within this")
+
+
 class ClusterSettings(_Settings):
     """Where and how runs execute on Kubernetes; every field has a working default."""
 
@@ -222,6 +230,7 @@ class ClusterSettings(_Settings):
     weights: Volume = Volume()
     secrets: Secrets = Secrets()
     job: JobSettings = JobSettings()
+    pack: PackSettings = PackSettings()
 
 
 def apply_env(data: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import typer
 from viadk8s.cli.common import (
     ConfigPath,
     Experiment,
+    PackOption,
     Store,
     app,
     console,
@@ -62,14 +63,19 @@ def render(
     config: ConfigPath = None,
     namespace: Namespace = None,
     image: Image = None,
+    pack: PackOption = "1",
+    costs: Costs = None,
 ) -> None:
-    """Write the Kubernetes manifests of an experiment (a ConfigMap and one Job per run); nothing is contacted."""
+    """Write the Kubernetes manifests of an experiment (a ConfigMap and one Job per run or pack); nothing is contacted."""
+    from viadk8s.backends import pack as packed
+    from viadk8s.backends import pack_size
     from viadk8s.backends.k8s.client import resolve_namespace
     from viadk8s.backends.k8s.render import render_sweep
 
     cfg = _cluster_config(config, namespace=namespace, image=image)
     planned = plan(experiment, selection, cfg)
-    rendered = render_sweep(planned, cfg, resolve_namespace(cfg.cluster))
+    groups = packed(planned.sweep.runs, pack_size(pack), cfg, costs)
+    rendered = render_sweep(planned, cfg, resolve_namespace(cfg.cluster), groups)
     written = rendered.write(out)
     console.print(
         f"wrote {len(written)} manifests ({len(rendered.jobs)} Jobs + ConfigMap) to {out}", highlight=False, soft_wrap=True
@@ -96,8 +102,10 @@ def submit(
     estimate: EstimateFlag = False,
     parallel: Parallel = None,
     costs: Costs = None,
+    pack: PackOption = "1",
 ) -> None:
     """Submit an experiment as Kubernetes Jobs; finished runs and existing Jobs are skipped (submit again to resume)."""
+    from viadk8s.backends import pack_size
     from viadk8s.backends.k8s import jobs
     from viadk8s.backends.k8s.client import connect
     from viadk8s.backends.k8s.view import submit_lines
@@ -106,6 +114,7 @@ def submit(
         raise one_of("--dry-run", dry_run, ["client", "server"])
     if wait and dry_run:
         raise SpecError("--wait needs a real submission: drop --dry-run")
+    size = pack_size(pack)
     cfg = _cluster_config(config, store=store, namespace=namespace, context=context, image=image)
     planned = plan(experiment, selection, cfg)
     for note in planned.notes:
@@ -113,7 +122,7 @@ def submit(
     if estimate:  # only the estimate: the cluster is not contacted
         return show_estimate(planned, cfg, costs, parallel, cfg.cluster.gpu.count)
     cluster = None if dry_run == "client" else connect(cfg.cluster)
-    report = jobs.submit(planned, cfg, cluster, dry_run)  # type: ignore[arg-type]
+    report = jobs.submit(planned, cfg, cluster, dry_run, size, costs)  # type: ignore[arg-type]
     for line in submit_lines(report):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     if wait and cluster is not None:
@@ -132,16 +141,17 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", help="refresh until every Job has finished")] = False,
     interval: Annotated[float, typer.Option(min=1, help="with --watch: seconds between refreshes")] = 10,
 ) -> None:
-    """Runs on the cluster: pending, running, succeeded, failed, each with its reason."""
+    """Runs on the cluster: pending, running, succeeded, failed, each with its reason (a pack's runs one by one)."""
     from viadk8s.backends.k8s import jobs
     from viadk8s.backends.k8s.client import connect
     from viadk8s.backends.k8s.view import status_view
 
-    cluster = connect(_cluster_config(config, namespace=namespace, context=context).cluster)
+    cfg = _cluster_config(config, namespace=namespace, context=context)
+    cluster = connect(cfg.cluster)
     if watch:
         _follow(cluster, sweep, interval)
     else:
-        console.print(status_view(jobs.sweep_status(cluster, sweep)))
+        console.print(status_view(jobs.sweep_status(cluster, sweep, cfg.open_store())))
 
 
 @app.command()

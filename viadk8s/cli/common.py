@@ -68,6 +68,14 @@ Settings = Annotated[
     typer.Option("--set", help="a variant field for every run, e.g. patience=20 or monitor=pixel_AUPRO (repeatable)"),
 ]
 SweepId = Annotated[str | None, typer.Option("--sweep", help="sweep id (default: the experiment name)")]
+PackOption = Annotated[
+    str,
+    typer.Option(
+        "--pack",
+        help="N or auto: runs the cost model estimates short (cluster.pack.short_s) share one worker process, "
+        "N at most, or as many as fit in cluster.pack.auto_s; grouped by model and dataset",
+    ),
+]
 Store = Annotated[str | None, typer.Option(help="file://DIR or DIR (default ./viadk8s-runs)")]
 ConfigPath = Annotated[str | None, typer.Option("--config", help="viadk8s.yaml (default $VIADK8S_CONFIG or ./viadk8s.yaml)")]
 

@@ -16,6 +16,7 @@ from viadk8s.cli.common import (
     ConfigPath,
     Experiment,
     OperatingPoints,
+    PackOption,
     Store,
     SweepId,
     app,
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 EstimateFlag = Annotated[bool, typer.Option("--estimate", help="print the sweep's GPU-hours, wall time and longest runs instead")]
 Parallel = Annotated[int | None, typer.Option("--parallel", min=1, help="with --estimate: runs at a time (default 1)")]
 Costs = Annotated[
-    Path | None, typer.Option("--costs", help="with --estimate: a `viadk8s calibrate` file (default: the shipped CPU table)")
+    Path | None,
+    typer.Option("--costs", help="with --estimate or --pack: a `viadk8s calibrate` file (default: the shipped table)"),
 ]
 
 
@@ -92,9 +94,12 @@ def run(
     selection: Selection,
     store: Store = None,
     config: ConfigPath = None,
-    jobs: Annotated[int, typer.Option(min=1, help="runs at a time")] = 1,
+    jobs: Annotated[int, typer.Option(min=1, help="runs (or packs) at a time")] = 1,
+    pack: PackOption = "1",
+    costs: Costs = None,
 ) -> None:
     """Run an experiment on this machine; finished runs are skipped (run again to resume)."""
+    from viadk8s.backends import pack_size
     from viadk8s.backends.local import run_plan
     from viadk8s.config import load_config
 
@@ -102,7 +107,7 @@ def run(
     planned = plan(experiment, selection, cfg)
     for note in planned.notes:
         console.print(f"note: {note}")
-    outcome = run_plan(planned, cfg, config, jobs, console)
+    outcome = run_plan(planned, cfg, config, jobs, console, pack_size(pack), costs)
     console.print(f"{len(outcome.done)} done, {len(outcome.skipped)} skipped (already finished), {len(outcome.failed)} failed")
     _print_summary(cfg, planned.sweep.sweep_id, experiment)
     for failure in outcome.failed:

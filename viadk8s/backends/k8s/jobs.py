@@ -12,17 +12,31 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from kubernetes import client
 
-from viadk8s.backends import pending
+from viadk8s.backends import PackSize, pack, pending
 from viadk8s.backends.k8s.client import Cluster, resolve_namespace
-from viadk8s.backends.k8s.render import LABEL_PREFIX, WORKER_SELECTOR, RenderedSweep, config_map_name, render_sweep
+from viadk8s.backends.k8s.render import (
+    LABEL_PREFIX,
+    PACK_LABEL,
+    RUN_KEY_LABEL,
+    SPEC_ANNOTATION,
+    WORKER_SELECTOR,
+    RenderedSweep,
+    config_map_name,
+    render_sweep,
+    run_keys,
+)
 from viadk8s.config import Config
 from viadk8s.errors import InfraError, SpecError
 from viadk8s.plan import Plan
+from viadk8s.results import is_done
 from viadk8s.spec import SWEEP_ID
+from viadk8s.store import Store
+from viadk8s.worker.pack import parse_specs, read_outcomes
 
 DryRun = Literal["client", "server"]
 State = Literal["pending", "running", "succeeded", "failed"]
@@ -42,6 +56,11 @@ def check_sweep_id(sweep_id: str) -> str:
     if not SWEEP_ID.match(sweep_id):
         raise SpecError(f"sweep id {sweep_id!r} is not allowed; allowed: 1-40 lowercase letters, digits or '-'")
     return sweep_id
+
+
+def job_label(labels: dict[str, str]) -> str:
+    """The key a worker Job and its pods share: a run's key, or a pack's."""
+    return labels.get(RUN_KEY_LABEL) or labels.get(PACK_LABEL, "")
 
 
 def sweep_selector(sweep_id: str | None) -> str:
@@ -87,36 +106,46 @@ def existing_jobs(cluster: Cluster, sweep_id: str | None) -> list[client.V1Job]:
     ).items
 
 
-def submit(planned: Plan, config: Config, cluster: Cluster | None, dry_run: DryRun | None = None) -> SubmitReport:
-    """Create the Jobs of a sweep that are neither finished nor already there.
+def submit(
+    planned: Plan,
+    config: Config,
+    cluster: Cluster | None,
+    dry_run: DryRun | None = None,
+    size: PackSize = 1,
+    costs: str | Path | None = None,
+) -> SubmitReport:
+    """Create the Jobs of a sweep's runs that are neither finished nor in a Job already there;
+    with ``size`` (``--pack``) short runs share a Job (:func:`viadk8s.backends.pack`).
 
     ``cluster`` is None only for ``dry_run="client"``: render and check, contact nothing.
     ``dry_run="server"`` sends every request with ``dryRun=All``: the API server validates and
     admits, nothing is stored. Only a real submission writes the sweep manifest to the store.
+    Resubmitting repacks only what is left: finished runs and runs of existing Jobs are not.
     """
     sweep = planned.sweep
     if (cluster is None) != (dry_run == "client"):
         raise ValueError("a cluster is needed unless dry_run='client'")
     namespace = cluster.namespace if cluster else resolve_namespace(config.cluster)
-    rendered = render_sweep(planned, config, namespace)
     report = SubmitReport(sweep.sweep_id, namespace, dry_run)
-    present = {job.metadata.name for job in existing_jobs(cluster, sweep.sweep_id)} if cluster else set()
+    there = existing_jobs(cluster, sweep.sweep_id) if cluster else []
+    claimed = {key: job.metadata.name for job in there for key in run_keys(job.metadata)}
     left = pending(planned, config.open_store(), record=dry_run is None)
-    todo = {spec.run_key for spec in left.todo}
-    jobs = [job for job in rendered.jobs if job.spec.run_key in todo]
     report.done = [spec.run_key for spec in left.done]
+    report.existing = sorted({claimed[spec.run_key] for spec in left.todo if spec.run_key in claimed})
+    free = [spec for spec in left.todo if spec.run_key not in claimed]
+    rendered = render_sweep(planned, config, namespace, pack(free, size, config, costs))
     if config.store_uri.startswith("file://"):
         report.notes.append(
             f"the store {config.store_uri} is a folder on this machine: pods cannot write there; use an s3:// store on a cluster"
         )
     if cluster is None:
-        report.created = [job.name for job in jobs]
+        report.created = [job.name for job in rendered.jobs]
         report.notes.append("client dry run: Jobs already on the cluster were not checked")
         return report
     server_dry_run = "All" if dry_run == "server" else None
     _apply_config_map(cluster, rendered, server_dry_run)
-    for job in jobs:
-        created = job.name not in present and cluster.attempt(
+    for job in rendered.jobs:
+        created = cluster.attempt(
             409, f"create Job {job.name}", cluster.batch.create_namespaced_job, namespace, job.body, dry_run=server_dry_run
         )
         (report.created if created else report.existing).append(job.name)
@@ -213,8 +242,46 @@ def job_state(job: client.V1Job, pods: list[client.V1Pod]) -> tuple[State, str]:
     return "running", retry or f"pod {str(newest.status.phase).lower()}"
 
 
-def sweep_status(cluster: Cluster, sweep_id: str | None = None) -> SweepStatus:
-    """Every worker Job of one sweep (or of all sweeps) in the namespace."""
+def _pack_states(job: client.V1Job, state: State, reason: str, pods: list[client.V1Pod], store: Store | None) -> list[RunStatus]:
+    """Each run of a pack: succeeded once its result is in the store (when one is given), else by
+    the outcome line the worker printed for it (a failed pod's termination message keeps them),
+    else the pack's own state."""
+    printed: dict[str, tuple[int, str]] = {}
+    for pod in sorted(pods, key=_created):  # the newest pod's lines win
+        for status in (pod.status and pod.status.container_statuses) or []:
+            done = status.state.terminated if status.state else None
+            if status.name == "worker" and done is not None:
+                printed.update(read_outcomes(done.message or ""))
+    labels = job.metadata.labels or {}
+    runs = []
+    for spec in parse_specs(job.spec.template.metadata.annotations[SPEC_ANNOTATION]):
+        code, message = printed.get(spec.run_key, (None, ""))
+        if code == 0 or (store is not None and is_done(store, spec)):
+            run_state, run_reason = "succeeded", ""
+        elif code is not None:
+            run_state, run_reason = "failed", f"exit {code} ({EXIT_MEANINGS.get(code, 'error')}): {message}"
+        else:
+            run_state, run_reason = state, reason
+        runs.append(_run_status(job, labels, spec.run_key, run_state, run_reason))
+    return runs
+
+
+def _run_status(job: client.V1Job, labels: dict[str, str], run_key: str, state: State, reason: str) -> RunStatus:
+    return RunStatus(
+        sweep=labels.get(f"{LABEL_PREFIX}sweep", ""),
+        run_key=run_key,
+        job=job.metadata.name,
+        model=labels.get(f"{LABEL_PREFIX}model", ""),
+        dataset=labels.get(f"{LABEL_PREFIX}dataset", ""),
+        state=state,
+        reason=reason,
+        duration_s=job_duration(job),
+    )
+
+
+def sweep_status(cluster: Cluster, sweep_id: str | None = None, store: Store | None = None) -> SweepStatus:
+    """Every run of the worker Jobs of one sweep (or of all sweeps) in the namespace; the runs of
+    a pack one by one (``store``: where finished runs' results are, to tell them apart early)."""
     jobs = existing_jobs(cluster, sweep_id)
     pods = cluster.call(
         "list pods", cluster.core.list_namespaced_pod, cluster.namespace, label_selector=sweep_selector(sweep_id)
@@ -222,24 +289,16 @@ def sweep_status(cluster: Cluster, sweep_id: str | None = None) -> SweepStatus:
     by_job: dict[tuple[str, str], list[client.V1Pod]] = {}
     for pod in pods:
         labels = pod.metadata.labels or {}
-        by_job.setdefault((labels.get(f"{LABEL_PREFIX}sweep", ""), labels.get(f"{LABEL_PREFIX}run-key", "")), []).append(pod)
+        by_job.setdefault((labels.get(f"{LABEL_PREFIX}sweep", ""), job_label(labels)), []).append(pod)
     runs = []
     for job in sorted(jobs, key=lambda j: j.metadata.name):
         labels = job.metadata.labels or {}
-        key = (labels.get(f"{LABEL_PREFIX}sweep", ""), labels.get(f"{LABEL_PREFIX}run-key", ""))
+        key = (labels.get(f"{LABEL_PREFIX}sweep", ""), job_label(labels))
         state, reason = job_state(job, by_job.get(key, []))
-        runs.append(
-            RunStatus(
-                sweep=key[0],
-                run_key=key[1],
-                job=job.metadata.name,
-                model=labels.get(f"{LABEL_PREFIX}model", ""),
-                dataset=labels.get(f"{LABEL_PREFIX}dataset", ""),
-                state=state,
-                reason=reason,
-                duration_s=job_duration(job),
-            )
-        )
+        if PACK_LABEL in labels:
+            runs += _pack_states(job, state, reason, by_job.get(key, []), store)
+        else:
+            runs.append(_run_status(job, labels, key[1], state, reason))
     return SweepStatus(cluster.namespace, runs)
 
 
@@ -266,12 +325,17 @@ def wait(
 
 
 def run_logs(cluster: Cluster, run_key: str, sweep_id: str | None = None, tail: int | None = None) -> tuple[str, str]:
-    """The worker log of a run's newest pod: (pod name, text); a pod whose container has not
-    started has no log yet, which is said in one line (the API server answers 400 or nothing)."""
+    """The worker log of a run's newest pod (a pack's pod holds its runs' logs in turn): (pod name,
+    text); a pod whose container has not started has no log yet, which is said in one line (the
+    API server answers 400 or nothing)."""
     if not _RUN_KEY.match(run_key):
         raise SpecError(f"run key {run_key!r} is not allowed; allowed: the 16 hex digits shown by `viadk8s plan` or `status`")
-    selector = f"{sweep_selector(sweep_id)},{LABEL_PREFIX}run-key={run_key}"
+    selector = f"{sweep_selector(sweep_id)},{RUN_KEY_LABEL}={run_key}"
     pods = cluster.call("list pods", cluster.core.list_namespaced_pod, cluster.namespace, label_selector=selector).items
+    if not pods:  # a run of a pack: its pods carry their runs' keys in an annotation
+        selector = f"{sweep_selector(sweep_id)},{PACK_LABEL}"
+        packed = cluster.call("list pods", cluster.core.list_namespaced_pod, cluster.namespace, label_selector=selector).items
+        pods = [pod for pod in packed if run_key in run_keys(pod.metadata)]
     if not pods:
         raise SpecError(
             f"no pod of run {run_key} in namespace {cluster.namespace!r} "

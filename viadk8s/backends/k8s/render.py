@@ -22,12 +22,14 @@ import jinja2
 import yaml
 
 from viadk8s import __version__
+from viadk8s.backends import pack_key
 from viadk8s.cluster_config import ClusterSettings
 from viadk8s.config import Config
 from viadk8s.errors import SpecError, Viadk8sError
 from viadk8s.plan import Plan
 from viadk8s.spec import RunSpec
 from viadk8s.worker.env import worker_env
+from viadk8s.worker.pack import specs_json
 
 TEMPLATES = Path(__file__).parent / "templates"
 #: The image's non-root user (Dockerfile); the pod runs as it.
@@ -36,6 +38,9 @@ UID = 10001
 EXIT_INVALID = SpecError.exit_code
 SPEC_ANNOTATION = "viadk8s.io/spec"
 LABEL_PREFIX = "viadk8s.io/"
+RUN_KEY_LABEL = f"{LABEL_PREFIX}run-key"
+PACK_LABEL = f"{LABEL_PREFIX}pack"  # a pack's Job and pod, instead of RUN_KEY_LABEL
+RUN_KEYS_ANNOTATION = f"{LABEL_PREFIX}run-keys"  # a pack's runs, comma-separated
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 #: Selects every worker Job this tool created, across sweeps.
 WORKER_SELECTOR = "app.kubernetes.io/managed-by=viadk8s,app.kubernetes.io/component=worker"
@@ -103,7 +108,12 @@ class Manifest:
 
 @dataclass(frozen=True)
 class JobManifest(Manifest):
-    spec: RunSpec = field(kw_only=True)
+    runs: tuple[RunSpec, ...] = field(kw_only=True)  # one, or a pack that one pod runs in turn
+
+    @property
+    def spec(self) -> RunSpec:
+        """The Job's run (a pack's first)."""
+        return self.runs[0]
 
 
 @dataclass
@@ -132,9 +142,20 @@ def label_value(text: str) -> str:
     return f"{cleaned}-{digest}" if cleaned else f"x-{digest}"
 
 
-def job_name(spec: RunSpec) -> str:
-    """Sweep id (<= 40 chars, DNS-1123) + the 16-hex run key: a unique DNS-1123 label <= 57 chars."""
-    return f"{spec.sweep}-{spec.run_key}"
+def _runs(runs: RunSpec | Sequence[RunSpec]) -> list[RunSpec]:
+    return [runs] if isinstance(runs, RunSpec) else list(runs)
+
+
+def job_key(runs: RunSpec | Sequence[RunSpec]) -> str:
+    """The run key of a one-run Job, the pack key (from its runs' keys) of a pack: 16 hex digits."""
+    specs = _runs(runs)
+    return specs[0].run_key if len(specs) == 1 else pack_key(specs)
+
+
+def job_name(runs: RunSpec | Sequence[RunSpec]) -> str:
+    """Sweep id (<= 40 chars, DNS-1123) + the 16-hex run or pack key: a unique DNS-1123 label <= 57
+    chars, the same whenever the same runs are submitted together."""
+    return f"{_runs(runs)[0].sweep}-{job_key(runs)}"
 
 
 def config_map_name(sweep_id: str) -> str:
@@ -154,14 +175,25 @@ def sweep_labels(sweep_id: str, experiment: str) -> dict[str, str]:
     }
 
 
-def run_labels(spec: RunSpec) -> dict[str, str]:
+def run_labels(runs: RunSpec | Sequence[RunSpec]) -> dict[str, str]:
+    """A pack (grouped by model and dataset) is labelled with its pack key instead of a run key."""
+    specs = _runs(runs)
+    spec = specs[0]
     return {
         **sweep_labels(spec.sweep, spec.experiment),
         "app.kubernetes.io/component": "worker",
         f"{LABEL_PREFIX}model": label_value(spec.model),
         f"{LABEL_PREFIX}dataset": label_value(spec.dataset),
-        f"{LABEL_PREFIX}run-key": spec.run_key,
+        (RUN_KEY_LABEL if len(specs) == 1 else PACK_LABEL): job_key(specs),
     }
+
+
+def run_keys(metadata: Any) -> list[str]:
+    """The run keys of a worker Job or pod (its ``metadata``): a pack's from its annotation."""
+    labels, annotations = metadata.labels or {}, metadata.annotations or {}
+    if PACK_LABEL in labels:
+        return annotations.get(RUN_KEYS_ANNOTATION, "").split(",")
+    return [labels[RUN_KEY_LABEL]] if RUN_KEY_LABEL in labels else []
 
 
 def pod_environment(settings: ClusterSettings) -> dict[str, str]:
@@ -213,12 +245,16 @@ def _check(body: dict[str, Any], what: str, expected: Sequence[tuple[str, Any]])
             raise RenderError(f"{what}: {path} is {node!r} after rendering, expected {want!r}")
 
 
-def render_job(spec: RunSpec, settings: ClusterSettings, namespace: str) -> JobManifest:
-    """One run's Job, parsed back and checked."""
-    name = job_name(spec)
-    labels = run_labels(spec)
+def render_job(runs: RunSpec | Sequence[RunSpec], settings: ClusterSettings, namespace: str) -> JobManifest:
+    """One run's Job, or a pack's (its pod runs them in turn), parsed back and checked."""
+    specs = _runs(runs)
+    name = job_name(specs)
+    labels = run_labels(specs)
     job_labels = {**labels, **({KUEUE_QUEUE_LABEL: settings.queue} if settings.queue else {})}
-    spec_json = spec.to_json()
+    spec_json = specs_json(specs)
+    keys = {RUN_KEYS_ANNOTATION: ",".join(s.run_key for s in specs)} if len(specs) > 1 else {}
+    job_annotations = {"viadk8s.io/run-name": ", ".join(s.run_name for s in specs), **keys}
+    pod_annotations = {SPEC_ANNOTATION: spec_json, **keys}
     env = pod_environment(settings)
     tolerations = [t.manifest() for t in settings.scheduling.tolerations]
     command = ["viadk8s", "worker", "--spec", f"{PATHS['spec_dir']}/{PATHS['spec_file']}"]
@@ -228,16 +264,16 @@ def render_job(spec: RunSpec, settings: ClusterSettings, namespace: str) -> JobM
         .render(
             name=name,
             namespace=namespace,
-            spec=spec,
-            spec_json=spec_json,
             s=settings,
             job_labels=job_labels,
+            job_annotations=job_annotations,
             pod_labels=labels,
+            pod_annotations=pod_annotations,
             env=env,
             tolerations=tolerations,
             command=command,
             paths=PATHS,
-            config_map=config_map_name(spec.sweep),
+            config_map=config_map_name(specs[0].sweep),
             uid=UID,
             exit_invalid=EXIT_INVALID,
         )
@@ -255,9 +291,9 @@ def render_job(spec: RunSpec, settings: ClusterSettings, namespace: str) -> JobM
             ("metadata.name", name),
             ("metadata.namespace", namespace),
             ("metadata.labels", job_labels),
-            ("metadata.annotations", {"viadk8s.io/run-name": spec.run_name}),
+            ("metadata.annotations", job_annotations),
             ("spec.template.metadata.labels", labels),
-            ("spec.template.metadata.annotations", {SPEC_ANNOTATION: spec_json}),
+            ("spec.template.metadata.annotations", pod_annotations),
             (f"{pod}.nodeSelector", settings.scheduling.node_selector or None),
             (f"{pod}.tolerations", tolerations or None),
             (f"{pod}.affinity", settings.scheduling.affinity or None),
@@ -268,7 +304,7 @@ def render_job(spec: RunSpec, settings: ClusterSettings, namespace: str) -> JobM
     rendered_env = {e["name"]: e.get("value") for e in body["spec"]["template"]["spec"]["containers"][0]["env"]}
     if {k: v for k, v in rendered_env.items() if k in env} != env:
         raise RenderError(f"{what}: the container environment changed in rendering")
-    return JobManifest(kind="Job", name=name, text=text, body=body, spec=spec)
+    return JobManifest(kind="Job", name=name, text=text, body=body, runs=tuple(specs))
 
 
 def render_config_map(config: Config, sweep_id: str, experiment: str, namespace: str) -> Manifest:
@@ -303,11 +339,13 @@ def render_config_map(config: Config, sweep_id: str, experiment: str, namespace:
     return Manifest(kind="ConfigMap", name=name, text=text, body=body)
 
 
-def render_sweep(planned: Plan, config: Config, namespace: str) -> RenderedSweep:
-    """The ConfigMap and one Job per run."""
+def render_sweep(
+    planned: Plan, config: Config, namespace: str, packs: Sequence[Sequence[RunSpec]] | None = None
+) -> RenderedSweep:
+    """The ConfigMap and one Job per run, or per pack of ``packs`` (:func:`viadk8s.backends.pack`)."""
     sweep = planned.sweep
     return RenderedSweep(
         namespace=namespace,
         config_map=render_config_map(config, sweep.sweep_id, sweep.experiment, namespace),
-        jobs=[render_job(spec, config.cluster, namespace) for spec in sweep.runs],
+        jobs=[render_job(runs, config.cluster, namespace) for runs in (packs or [[s] for s in sweep.runs])],
     )
