@@ -156,7 +156,7 @@ def test_report_opens_in_a_real_browser_with_nothing_missing(sweep: Path) -> Non
         sum(a == "score histogram" for a in alts) == 6 and sum(a.startswith("critical difference") for a in alts) == 3
     )  # AUROC, PG2, PB2
     assert sum(a.startswith("test/") for a in alts) == 6 * 8  # four good and four bad overlays per run
-    assert headings[:2] == ["Tables with 95 % intervals", "Paper-shaped tables"] and "Provenance" in headings
+    assert headings[:2] == ["Which model, and how sure", "Tables"] and "Provenance" in headings
 
 
 def test_a_report_builds_the_runs_frame_once_and_enters_aggregate_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,3 +187,111 @@ def test_a_report_builds_the_runs_frame_once_and_enters_aggregate_twice(tmp_path
         sys.setprofile(None)
     assert built == [6] and len(entries) <= 2, entries
     assert "PatchCore" in html
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A made-up sweep of the demo's shape: three models on two categories, 60 good and 60 bad test
+    images each; PaDiM's scores lie nearly as far from the good ones as PatchCore's, FastFlow's not at all."""
+    from tests.fake_sweep import fake_sweep
+    from viadk8s.store import FileStore
+
+    store = FileStore(tmp_path_factory.mktemp("fake") / "store")
+    models = {"patchcore": 2.5, "padim": 2.4, "fastflow": 0.0}
+    return store, fake_sweep(store, models, ["tiles", "fabric"], images=(60, 60))
+
+
+def test_the_answer_names_the_best_and_those_it_cannot_be_told_from(fake: tuple) -> None:
+    from viadk8s import aggregate, compare, stats
+    from viadk8s.report import answer
+    from viadk8s.results import load_scores
+
+    store, results = fake
+    scores = load_scores(store, results)
+    summary = aggregate.summarise(results, "evaluation", scores=scores)
+    found = answer.headline(summary.estimates, summary.frame, scores, "image_AUROC", None, ["synthetic"], 0.95, {})
+    (line,) = found["sentences"]
+    means = {r.spec.model: [] for r in results}
+    for r in results:
+        means[r.spec.model].append(r.metrics["image_AUROC"])
+    best = max(means, key=lambda m: sum(means[m]))
+    assert best in ("patchcore", "padim") and line.startswith(
+        f"Best on im.AUROC: {'PatchCore' if best == 'patchcore' else 'PaDiM'} ("
+    )
+    assert "Cannot be told apart from it" in line and "Below it: FastFlow (−" in line
+    # the tie's interval is the paired bootstrap of the mean over the two categories, recomputed here
+    other = "padim" if best == "patchcore" else "patchcore"
+    pairs = []
+    for category in ("tiles", "fabric"):
+        a, b = (next(r for r in results if r.spec.model == m and r.spec.category == category) for m in (other, best))
+        pairs.append(stats.paired_bootstrap(scores[a.run_key], scores[b.run_key], seed=a.spec.seed))
+    tie = stats.mean_difference(pairs, [0.5, 0.5], "image_AUROC")
+    alone = stats.paired_difference(scores[a.run_key], scores[b.run_key], "image_AUROC", seed=a.spec.seed)
+    assert (alone.low, alone.high) == tuple(pairs[-1].intervals[0])  # one bootstrap for all metrics: the same interval
+    assert tie.low <= 0 <= tie.high and f"[{100 * tie.low:+.1f}, {100 * tie.high:+.1f}]".replace("-", "−") in line
+    assert tie.estimate == pytest.approx((sum(means[other]) - sum(means[best])) / 2)
+    versus = compare.against_best(summary.frame, scores, "image_AUROC", "PatchCore")
+    assert [v.method for v in versus] == ["FastFlow", "PaDiM"] and versus[0].difference.high < 0
+    svg = str(found["chart"])
+    assert svg.count("<circle") == 3 and svg.count('class="whisker"') == 3 * 3  # a line and two end ticks each
+    table = answer.metric_table(summary.estimates, "category", ["image_AUROC", "pixel_AUPRO"], None)
+    assert table.header == ["method", "dataset", "category", "im.AUROC", "pix.AUPRO"] and len(table.rows) == 6
+    keys, cells = table.rows[0]
+    run = next(r for r in results if r.spec.model == "patchcore" and r.spec.category == keys[2])
+    low, high = run.uncertainty.intervals["image_AUROC"]
+    assert cells[0] == (f"{100 * run.metrics['image_AUROC']:.1f}", f"[{100 * low:.1f}, {100 * high:.1f}]")
+    assert cells[1] == (f"{100 * run.metrics['pixel_AUPRO']:.1f}", "")  # no pixel summary: no interval
+
+
+def test_estimate_against_actual_per_model_hand_computed(fake: tuple, tmp_path: Path) -> None:
+    from viadk8s.report import answer
+
+    _, results = fake
+    table = [{"device": "test", "source": "hand", "overhead_s": 9.0, "coefficients": [
+        {"model": "patchcore", "image_size": 256, "start_s": 2.0, "train_s": 0.5, "test_s": 0.1, "runs": 1},
+    ]}]  # fmt: skip
+    path = tmp_path / "costs.yaml"
+    path.write_text(yaml.safe_dump(table))
+    frame, source = answer.cost_check(results, str(path))
+    patchcore = [r for r in results if r.spec.model == "patchcore"]
+    # per run: start 2 + 1 epoch x 40 train images x 0.5 + 120 test images x 0.1 = 34 s (overhead left out)
+    assert frame.loc["patchcore", "estimated s"] == pytest.approx(2 * 34.0)
+    assert frame.loc["patchcore", "actual s"] == pytest.approx(
+        round(sum(r.timings.fit_s + r.timings.test_s for r in patchcore), 1)
+    )
+    assert frame.loc["padim", "not in the table"] == 2 and frame.loc["padim", ["estimated s", "actual / estimated"]].isna().all()
+    assert "measured on test" in source and "runs on cpu" in source
+
+
+def test_the_report_of_a_made_up_sweep_answers_first_in_a_real_browser(fake: tuple, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must open the report in chromium: .ci/run installs Debian's chromium")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    from viadk8s import report
+
+    store, results = fake
+    path = report.write(store, "fake", results, tmp_path)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems, requests = [], []
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(path.as_uri(), wait_until="load")
+        headings = page.eval_on_selector_all("h2", "all => all.map(h => h.textContent)")
+        charts = page.eval_on_selector_all("svg.chart", "all => all.map(s => s.getBoundingClientRect().width)")
+        first = page.eval_on_selector("p.answer", "p => p.textContent")
+        grey = page.eval_on_selector("table.metrics td small", "s => getComputedStyle(s).color")
+        page.screenshot(path=str(ARTIFACTS / "report-fake.png"), full_page=True)
+        browser.close()
+    assert problems == [] and requests == [path.as_uri()]  # nothing fetched
+    assert headings[:4] == ["Which model, and how sure", "Tables", "Beside the paper", "Paper-shaped tables"]
+    assert len(charts) == 5 and all(w > 300 for w in charts)  # one per headline metric of the evaluation
+    assert first.startswith("Best on im.AUROC:") and grey == "rgb(122, 132, 148)"
+    assert "do not report the evaluation experiment: nothing to compare" in path.read_text()

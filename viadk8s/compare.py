@@ -6,6 +6,7 @@ critical difference diagram (Demšar 2006), the usual way to compare many method
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,55 @@ def paired_table(found: Sequence[Paired], a: str, b: str) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Versus:
+    """One method against the best one: the mean difference over their shared test sets, with its
+    interval (:func:`viadk8s.stats.mean_difference`); ``None`` where they share no test set."""
+
+    method: str
+    difference: stats.Difference | None
+
+
+def against_best(
+    runs: pd.DataFrame,
+    scores: dict[str, pd.DataFrame],
+    metric: str,
+    best: str,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    kept: dict[tuple[str, str], stats.PairedBootstrap] | None = None,
+) -> list[Versus]:
+    """Every other method of ``runs`` (a runs frame with a ``method`` column) minus ``best``, on
+    the test sets both ran (:data:`PAIRED_BY`, with scores), weighted as the protocol's mean:
+    datasets alike, and within one its categories and seeds alike. ``kept`` holds each pair's
+    bootstrap (all image metrics) across calls, so asking for another metric costs no resampling."""
+    if metric not in stats.IMAGE_METRICS:
+        raise one_of("metric paired per image", metric, stats.IMAGE_METRICS)
+    kept = {} if kept is None else kept
+    sides = {
+        method: dict(zip(group[list(PAIRED_BY)].itertuples(index=False, name=None), group["run_key"], strict=True))
+        for method, group in runs[runs["run_key"].isin(scores)].groupby("method", sort=False)
+    }
+    seed = PAIRED_BY.index("seed")
+    found = []
+    for method, own in sides.items():
+        if method == best:
+            continue
+        shared = [k for k in own if k in sides.get(best, {})]
+        if not shared:
+            found.append(Versus(method, None))
+            continue
+        for k in shared:
+            pair = (own[k], sides[best][k])
+            if pair not in kept:
+                kept[pair] = stats.paired_bootstrap(scores[pair[0]], scores[pair[1]], resamples, confidence, int(k[seed]))
+        per_dataset = Counter(k[0] for k in shared)  # PAIRED_BY starts with the dataset
+        weights = [1 / (len(per_dataset) * per_dataset[k[0]]) for k in shared]
+        boots = [kept[(own[k], sides[best][k])] for k in shared]
+        found.append(Versus(method, stats.mean_difference(boots, weights, metric, confidence)))
+    return found
 
 
 def category_table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -1,6 +1,8 @@
 """``viadk8s report``: one static HTML file that shows a sweep the way a factory engineer needs it.
 
-Tables with bootstrap intervals, the paper-shaped tables, metric-vs-axis plots, score histograms,
+It answers first (:mod:`viadk8s.report.answer`): per headline metric a dot-and-whisker chart of
+each method and one sentence naming the best and those that cannot be told apart from it; tables
+with one metric per column; the paper's numbers beside ours. Then the paper-shaped tables, metric-vs-axis plots, score histograms,
 the critical difference diagram, per-defect tables, overlays of each run's worst mistakes, time and
 memory, and provenance. Every picture is embedded as a ``data:`` URI and the style sheet is inline,
 so the one file opens from a disk, an object store or an MLflow artifact view, with no server and
@@ -23,10 +25,11 @@ import jinja2
 import pandas as pd
 
 from viadk8s import aggregate as agg
-from viadk8s import catalog, compare, stats
+from viadk8s import catalog, compare, paper, stats
 from viadk8s.data.mirror import manifest_key
 from viadk8s.errors import SpecError, Viadk8sError
 from viadk8s.pixel_summary import load_summaries
+from viadk8s.report import answer
 from viadk8s.results import HISTOGRAM, RunResult, load_scores, run_prefix
 from viadk8s.store import Store
 
@@ -120,6 +123,16 @@ def build(
     except SpecError as err:
         defects = None
         log.warning("warning: no per-defect table: %s", err)
+    confidence = summary.confidence or 0.95
+    separate = catalog.experiment(experiment).separate
+    ran = list(dict.fromkeys(summary.frame["dataset"]))
+    averaged = [d for d in ran if d.split("+")[0] not in separate] or ran  # the datasets of the mean, as aggregate's
+    kept: dict[tuple[str, str], stats.PairedBootstrap] = {}  # one paired bootstrap per pair of runs serves every metric
+    headlines = [
+        answer.headline(summary.estimates, summary.frame, scores, m, summary.axis, averaged, confidence, kept) for m in metrics
+    ]
+    compared = paper.against_paper(results, summary)
+    costs, cost_source = answer.cost_check(results)
     frame = summary.frame.set_index("run_key")
     runs = []
     ordered = sorted(results, key=lambda r: (frame.loc[r.run_key, "method"], r.spec.dataset, r.spec.category, r.spec.seed))
@@ -144,10 +157,17 @@ def build(
         experiment=catalog.experiment(experiment),
         generated=datetime.now(UTC).isoformat(timespec="seconds"),
         viadk8s_version=metadata.version("viadk8s"),
-        confidence=summary.confidence or 0.95,
+        confidence=confidence,
         n_runs=len(results),
-        with_ci={k: _html(v) for k, v in summary.tables.items()},
-        plain={k: _html(v) for k, v in summary.tables.items()},
+        headlines=headlines,
+        intervals=summary.confidence is not None,
+        metric_tables={
+            "per dataset": answer.metric_table(summary.estimates, "dataset", metrics, summary.axis),
+            "per category": answer.metric_table(summary.estimates, "category", metrics, summary.axis),
+        },
+        paper_tables={k: _html(v) for k, v in compared.tables.items()},
+        paper_notes=compared.notes,
+        shaped={k: _html(v) for k, v in summary.tables.items()},
         plots=[_data_uri(png) for png in summary.plots.values()],
         ranks={m: _rank_section(summary.frame, m) for m in metrics if m.startswith("image_")},
         points=[str(p) for p in points],
@@ -155,6 +175,8 @@ def build(
         runs=runs,
         not_pictured=max(0, len(runs) - pictured),
         costs=_html(_costs(summary.frame, results)),
+        estimate_check=_html(costs),
+        estimate_source=cost_source,
         versions=sorted({tuple(sorted(r.versions.items())) for r in results}),
         datasets=_datasets(store, results),
         css=(Path(__file__).parent / "report.css").read_text(),
