@@ -22,7 +22,7 @@ from pathlib import Path
 
 from table import Row, markdown
 
-BENCHMARKS = ["data", "coreset", "patchcore", "aggregation", "staging", "overhead", "cost_model", "models", "cluster"]
+BENCHMARKS = ["data", "coreset", "patchcore", "aggregation", "staging", "overhead", "packing", "cost_model", "models", "cluster"]
 
 
 def run(name: str) -> list[Row]:
