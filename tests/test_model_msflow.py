@@ -21,6 +21,7 @@ from viadk8s.catalog import SyntheticOptions
 from viadk8s.data.layout import scan_category
 from viadk8s.data.samples import SamplesDataModule
 from viadk8s.data.synthetic import generate_category
+from viadk8s.models.components.top_k import top_k_mean
 from viadk8s.models.msflow import Msflow
 from viadk8s.models.msflow.lightning_model import GRADIENT_CLIP_NORM, learning_rate_factor, warmup_epochs
 from viadk8s.models.msflow.torch_model import (
@@ -30,7 +31,6 @@ from viadk8s.models.msflow.torch_model import (
     log_likelihoods,
     multiplication_map,
     nll_loss,
-    top_k_score,
 )
 from viadk8s.spec import RunSpec, Trainer
 from viadk8s.worker.adapters import evaluator
@@ -145,7 +145,7 @@ def test_multiplication_map_by_hand() -> None:
     expected = torch.tensor([[1 - math.exp(v) for v in row] for row in total], dtype=torch.float64)
     maps = multiplication_map(two_scales(), (3, 3))
     torch.testing.assert_close(maps, torch.stack([expected, expected]), rtol=0, atol=1e-12)
-    torch.testing.assert_close(top_k_score(maps, 0.03), torch.full((2,), 1 - math.exp(-6), dtype=torch.float64))
+    torch.testing.assert_close(top_k_mean(maps, 0.03), torch.full((2,), 1 - math.exp(-6), dtype=torch.float64))
 
 
 def test_addition_map_by_hand() -> None:
@@ -173,8 +173,8 @@ def test_maps_rank_pixels_as_the_log_likelihoods() -> None:
         assert maps.shape == (1, 16, 16) and float(maps.min()) == 0.0  # the most likely pixel scores 0
         assert divmod(int(maps[0].argmax()), 16) == (0, 15)
     ramp = torch.arange(100.0).reshape(1, 10, 10)
-    torch.testing.assert_close(top_k_score(ramp, 0.03), torch.tensor([98.0]))  # mean of the top 3 of 100 pixels
-    torch.testing.assert_close(top_k_score(ramp, 0.001), torch.tensor([99.0]))  # never fewer than one pixel
+    torch.testing.assert_close(top_k_mean(ramp, 0.03), torch.tensor([98.0]))  # mean of the top 3 of 100 pixels
+    torch.testing.assert_close(top_k_mean(ramp, 0.001), torch.tensor([99.0]))  # never fewer than one pixel
 
 
 def test_fusion_hidden_width_is_a_quarter_of_its_input() -> None:
@@ -367,7 +367,7 @@ def test_worker_scores_pixel_auroc_on_the_addition_map(tmp_path: Path) -> None:
     assert found["pixel_AUPRO"] == pytest.approx(metrics.aupro(multiplication, mask), abs=1e-9)
     assert found["pixel_F1Max"] == pytest.approx(metrics.f1_max(multiplication, mask), abs=1e-9)
     scores = outcome.scores.set_index("image_path").loc[paths, "score"].to_numpy()
-    torch.testing.assert_close(torch.tensor(scores, dtype=torch.float32), top_k_score(multiplication, 0.03))
+    torch.testing.assert_close(torch.tensor(scores, dtype=torch.float32), top_k_mean(multiplication, 0.03))
 
 
 def test_addition_setting_scores_everything_on_the_addition_map() -> None:
@@ -378,5 +378,5 @@ def test_addition_setting_scores_everything_on_the_addition_map() -> None:
     with torch.no_grad():
         (multiplied, added), (alone, none) = official.evaluate(images), single.evaluate(images)
     assert none is None and torch.equal(alone.anomaly_map, added)
-    assert torch.equal(alone.pred_score, top_k_score(added, 0.03))
+    assert torch.equal(alone.pred_score, top_k_mean(added, 0.03))
     assert not torch.equal(multiplied.anomaly_map, added)

@@ -1,6 +1,7 @@
 """DevNet's top-k scoring head, shared by DevNet and DRA: DRA's seen, pseudo and composite heads are
 DevNet's head (a 1x1 convolution scoring each feature-map position, the image score the mean of the
-highest positions), so both models use this one definition."""
+highest positions), so both models use this one definition. MSFlow's image score is the same top-k
+mean, of its anomaly map's pixels."""
 
 from __future__ import annotations
 

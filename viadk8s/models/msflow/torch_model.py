@@ -32,6 +32,8 @@ from FrEIA.framework import SequenceINN
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from viadk8s.models.components.top_k import top_k_mean
+
 ATAN_SCALE = 0.636  # ~2/pi: the soft clamp s -> clamp * 0.636 * atan(s / clamp) stays within (-clamp, clamp)
 LATENT_LIMIT = 1e6  # the fusion flow's outputs are clamped to +-1e6, as in the official code (an overflow guard)
 FUSION_WIDTH_DIVISOR = 4  # the fusion net's hidden width is a quarter of its input width, as in the official code
@@ -259,13 +261,6 @@ def addition_map(log_p: Sequence[torch.Tensor], size: tuple[int, int] | torch.Si
     return _image_max(total) - total
 
 
-def top_k_score(maps: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Image score: the mean of the ``ratio`` highest pixels of each map (at least one pixel)."""
-    flat = maps.flatten(1)
-    k = max(1, int(flat.shape[1] * ratio))
-    return flat.topk(k, dim=1).values.mean(dim=1)
-
-
 class MsflowModel(nn.Module):
     """MSFlow: frozen backbone, pooled multi-scale features, parallel + fusion flows, two anomaly maps.
 
@@ -316,9 +311,9 @@ class MsflowModel(nn.Module):
         log_p = log_likelihoods(self.flows(self.extract(images))[0])
         addition = addition_map(log_p, size)
         if self.score_map == "addition":
-            return InferenceBatch(pred_score=top_k_score(addition, self.top_k), anomaly_map=addition), None
+            return InferenceBatch(pred_score=top_k_mean(addition, self.top_k), anomaly_map=addition), None
         multiplication = multiplication_map(log_p, size)
-        return InferenceBatch(pred_score=top_k_score(multiplication, self.top_k), anomaly_map=multiplication), addition
+        return InferenceBatch(pred_score=top_k_mean(multiplication, self.top_k), anomaly_map=multiplication), addition
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor] | InferenceBatch:
         """Training: ``(latents, log|det J|)``; evaluation: image scores and ``(B, H, W)`` anomaly maps
