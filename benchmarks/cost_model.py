@@ -5,12 +5,11 @@ Calibration sweep: each model (default PatchCore and PaDiM, random weights, one 
 images; 24 and 8 + 8: a fit needs different amounts of work per model and size to tell start-up
 from per-image cost), category tiles, seed 1, one worker process at a time; ``viadk8s calibrate
 --sweep`` fits it into a cost table.
-Held-out sweep: the same models at ``--held-out-size`` (80 px) on a third dataset (16 train, 6 + 6
+Held-out sweep: the same models at ``--held-out-size`` (128 px) on a third dataset (16 train, 6 + 6
 test images: counts inside the calibrated range), categories tiles and fabric (fabric never
-calibrated), seed 2. 80 px was not calibrated: ``CostTable.lookup`` takes the nearest measured size
-(64 px, the smaller of two equally near) and scales its per-image costs by pixel area (× 1.5625),
-start-up unscaled; so in size this is neither an interpolation nor an extrapolation of the fit,
-but the area rule applied to the nearer end.
+calibrated), seed 2. 128 px was not calibrated (sizes are multiples of 32: none lies between 64 and
+96): ``CostTable.lookup`` takes the nearest measured size, 96 px, and scales its per-image costs by
+pixel area (× 16/9), start-up unscaled: an extrapolation in size by the area rule, not by the fit.
 
 Compared, like with like: each run's estimate (:func:`viadk8s.cost.estimate`, what ``plan
 --estimate --costs FILE`` prints) less the table's ``overhead_s``, against the ``fit_s + test_s``
@@ -20,7 +19,10 @@ process's wall time against the estimate with overhead is one more row. The cali
 own error (its runs estimated from the table fitted on them) is the contrast, and a refit on both
 sweeps shows what calibrating on the held-out runs too buys (in-sample for them).
 
-    python benchmarks/cost_model.py [--models patchcore,padim] [--sizes 64,96] [--held-out-size 80]
+    python benchmarks/cost_model.py [--models patchcore,padim] [--sizes 64,96] [--held-out-size 128] [--work DIR]
+
+``--work DIR`` keeps the store there (default: a new temporary directory); running again with it
+resumes: finished runs are skipped, the fit and the comparison are redone.
 """
 
 from __future__ import annotations
@@ -94,17 +96,18 @@ def _rows(label: str, pairs: Sequence[tuple[float, float]], note: str) -> list[R
     ]
 
 
-def measure(models: str = "patchcore,padim", sizes: str = "64,96", held_out_size: int = 80) -> list[Row]:
+def measure(models: str = "patchcore,padim", sizes: str = "64,96", held_out_size: int = 128, work: str = "") -> list[Row]:
     """Calibrate on one sweep, estimate another, compare with what it took (see the module's docstring)."""
     started, load = time.perf_counter(), os.getloadavg()[0]
-    work = Path(tempfile.mkdtemp(prefix="viadk8s-bench-cost-"))
-    config = work / "viadk8s.yaml"
-    config.write_text(yaml.safe_dump({"store": str(work / "store"), "cache_dir": str(work / "cache"), "datasets": {
+    folder = Path(work) if work else Path(tempfile.mkdtemp(prefix="viadk8s-bench-cost-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "viadk8s.yaml"
+    config.write_text(yaml.safe_dump({"store": str(folder / "store"), "cache_dir": str(folder / "cache"), "datasets": {
         name: {"synthetic": options} for name, options in DATASETS.items()}}))  # fmt: skip
     common = ("run", "-e", "evaluation", "--models", models, "--weights", "random", "--jobs", "1")
     _viadk8s(config, *common, "--sweep", "calibration", "--datasets", "cal_small,cal_large", "--image-size", sizes,
              "--categories", "tiles", "--seeds", "1")  # fmt: skip
-    costs = work / "costs.yaml"
+    costs = folder / "costs.yaml"
     _viadk8s(config, "calibrate", "--sweep", "calibration", "--out", str(costs))
     held_wall = _viadk8s(config, *common, "--sweep", "held-out", "--datasets", "held_out", "--image-size", str(held_out_size),
                          "--categories", "tiles,fabric", "--seeds", "2")  # fmt: skip
@@ -112,7 +115,7 @@ def measure(models: str = "patchcore,padim", sizes: str = "64,96", held_out_size
     calibration, held_out = load_results(store, sweep_id="calibration"), load_results(store, sweep_id="held-out")
     held_pairs, overhead = _pairs(held_out, config, costs)
     cal_pairs, _ = _pairs(calibration, config, costs)
-    both = work / "costs-both.yaml"
+    both = folder / "costs-both.yaml"
     both.write_text(dump_tables(fit([*calibration, *held_out], overhead, "calibration and held-out sweeps").tables))
     refit_pairs, _ = _pairs(held_out, config, both)
     (table,) = load_tables(costs)[0]
