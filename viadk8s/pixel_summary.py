@@ -34,12 +34,12 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
+from viadk8s.catalog import PIXEL_METRICS
 from viadk8s.errors import SpecError
 from viadk8s.results import PIXEL_SUMMARY, RunResult, run_prefix
 from viadk8s.stats import Difference, _bootstrap, percentile_interval
 from viadk8s.store import Store
 
-PIXEL_METRICS = ("pixel_AUROC", "pixel_AUPRO", "pixel_F1Max")
 FPR_LIMIT = 0.3  # AUPRO's, as :func:`viadk8s.metrics.aupro` integrates it
 #: reported (exact) vs recomputed from the summary (binned): 0.1 points on the 0..100 scale
 PIXEL_TOLERANCE = 1e-3

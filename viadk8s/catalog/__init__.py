@@ -22,6 +22,8 @@ Metric = Literal["image_AUROC", "image_F1Max", "pixel_AUROC", "pixel_AUPRO", "pi
 METRICS: tuple[str, ...] = get_args(Metric)
 #: Computed from a run's per-image scores (``scores.csv``): recomputable and resampled per image.
 IMAGE_METRICS = tuple(m for m in METRICS if m.startswith("image_"))
+#: Computed from a run's anomaly maps; recomputable from its pixel summary (:mod:`viadk8s.pixel_summary`).
+PIXEL_METRICS = tuple(m for m in METRICS if m.startswith("pixel_"))
 #: What early stopping can monitor: a curve over one validation set. PG2 and PB2 are not: each
 #: is a count at a quantile threshold, flat over most epochs, a poor signal to stop on.
 MONITORED = tuple(m for m in METRICS if m not in ("image_PG2", "image_PB2"))
