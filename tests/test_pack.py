@@ -94,6 +94,23 @@ def test_outcome_lines_read_back_among_other_output() -> None:
     assert read_outcomes(text) == {"0123456789abcdef": (0, ""), "fedcba9876543210": (2, "bad: x")}
 
 
+def test_a_resubmission_creates_jobs_only_for_runs_left(tiny_config: Path) -> None:
+    """Finished runs get no Job, packed or not; with every run finished, nothing is rendered at all."""
+    config = load_config(str(tiny_config))
+    planned = plan("evaluation", Selection(models=["padim"], datasets=["tiny"], image_sizes=[64], seeds=[1, 2]), config)
+    runs = planned.sweep.runs
+    store = config.open_store()
+    for spec in runs[1:]:
+        store.write_bytes(f"{run_prefix(spec)}/{RESULT}", stored_result(spec))
+    for size in (1, 4):
+        report = jobs.submit(planned, config, None, dry_run="client", size=size)
+        assert len(report.done) == len(runs) - 1 and len(report.created) == 1 and report.existing == []
+    store.write_bytes(f"{run_prefix(runs[0])}/{RESULT}", stored_result(runs[0]))
+    for size in (1, 4):
+        report = jobs.submit(planned, config, None, dry_run="client", size=size)
+        assert (len(report.done), report.created, report.existing) == (len(runs), [], [])
+
+
 # --- real packs on the local backend --------------------------------------------------------------
 
 

@@ -342,10 +342,12 @@ def render_config_map(config: Config, sweep_id: str, experiment: str, namespace:
 def render_sweep(
     planned: Plan, config: Config, namespace: str, packs: Sequence[Sequence[RunSpec]] | None = None
 ) -> RenderedSweep:
-    """The ConfigMap and one Job per run, or per pack of ``packs`` (:func:`viadk8s.backends.pack`)."""
+    """The ConfigMap and one Job per run of the sweep, or one per pack of ``packs``
+    (:func:`viadk8s.backends.pack`; an empty ``packs``, nothing left to run, renders no Job)."""
     sweep = planned.sweep
+    groups = [[spec] for spec in sweep.runs] if packs is None else packs
     return RenderedSweep(
         namespace=namespace,
         config_map=render_config_map(config, sweep.sweep_id, sweep.experiment, namespace),
-        jobs=[render_job(runs, config.cluster, namespace) for runs in (packs or [[s] for s in sweep.runs])],
+        jobs=[render_job(runs, config.cluster, namespace) for runs in groups],
     )
