@@ -87,14 +87,24 @@ def test_verify_passes_a_real_run_and_catches_each_tampering(cli: Cli, tiny_conf
     ]
     assert lines[-1] == "verified 1 runs of sweep v: 0 disagreements, 1 warnings"
 
-    # every defect pixel moved to the summary's lowest bin: the pixel metrics disagree with it
+    # the summary's images renamed: its metrics are unchanged, its recorded sha256 is not
     result_path.write_text(original_result)
+    original_summary = summary_path.read_bytes()
+    assert json.loads(original_result)["pixel_summary_sha256"] == hashlib.sha256(original_summary).hexdigest()
+    summary_path.write_bytes(replace(summary, images=summary.images[::-1]).to_bytes())
+    code, lines = verify()
+    assert code == 1 and [line for line in lines if line.startswith("error")] == [
+        f"error: {other_lock['run_key']} (padim_tiny_tiles_seed1): pixel_summary.npz is not the file the run wrote "
+        "(sha256 differs from result.json's)"
+    ]
+
+    # every defect pixel moved to the summary's lowest bin: the pixel metrics disagree with it
     moved = summary.regions.copy()
     moved[:, 0], moved[:, 1:] = moved.sum(-1), 0
     summary_path.write_bytes(replace(summary, regions=moved).to_bytes())
     code, lines = verify()
-    (error,) = [line for line in lines if line.startswith("error")]
-    assert code == 1 and "pixel metrics disagree with pixel_summary.npz: pixel_AUROC reported" in error
+    errors = [line for line in lines if line.startswith("error")]
+    assert code == 1 and len(errors) == 2 and "pixel metrics disagree with pixel_summary.npz: pixel_AUROC reported" in errors[1]
     summary_path.write_bytes(b"not a summary")
     code, lines = verify()
     assert code == 1 and any("pixel_summary.npz is unreadable" in line for line in lines)

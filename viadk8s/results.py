@@ -83,6 +83,7 @@ class RunResult(BaseModel):
     notes: list[str] = []
     uncertainty: Uncertainty | None = None
     scores_sha256: str | None = None  # of its scores.csv as stored (`viadk8s verify`); older results have none
+    pixel_summary_sha256: str | None = None  # of its pixel_summary.npz as stored, where it has one; older results have none
     determinism: dict[str, Any] = {}  # the settings viadk8s.worker.determinism applied; older results have none
     overlays: list[Overlay] = []
     tracking: dict[str, str] = {}

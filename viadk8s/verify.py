@@ -5,9 +5,9 @@ metrics and intervals that are pure functions of its ``scores.csv`` (and, for in
 bootstrap settings it records), so anyone can recompute them; a disagreement means an edited or
 corrupted file, or a changed metric implementation. Pixel metrics are recomputed from the run's
 per-image pixel summary (:mod:`viadk8s.pixel_summary`, within its binning's tolerance). The
-scores file's own sha256 (recorded since results carry ``scores_sha256``) catches an edit that
-leaves the metrics unchanged. A run made on another dependency lock is not wrong, only not
-reproducible here: a warning.
+scores file's and the summary's own sha256 (recorded since results carry ``scores_sha256`` and
+``pixel_summary_sha256``) catch an edit that leaves the metrics unchanged. A run made on another
+dependency lock is not wrong, only not reproducible here: a warning.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from viadk8s import stats
 from viadk8s.errors import SpecError
 from viadk8s.lock import lock_sha256
 from viadk8s.metrics import TOLERANCE, disagreements
-from viadk8s.pixel_summary import PIXEL_SUMMARY, read_summary
+from viadk8s.pixel_summary import PIXEL_SUMMARY, PixelSummary
 from viadk8s.results import SCORES, RunResult, load_results, run_prefix
 from viadk8s.store import Store
 
@@ -68,13 +68,18 @@ def _intervals_differ(stored: dict[str, list[float]], again: dict[str, list[floa
 def _pixel_problems(store: Store, result: RunResult, name: str) -> list[Problem]:
     """The pixel metrics against the run's stored pixel summary; a run without one is a warning."""
     try:
-        summary = read_summary(store, result)
-    except ValueError as err:
-        return [Problem(name, f"{PIXEL_SUMMARY} is unreadable: {err}")]
-    if summary is None:
+        raw = store.read_bytes(f"{run_prefix(result.spec)}/{PIXEL_SUMMARY}")
+    except FileNotFoundError:
         return [Problem(name, f"no {PIXEL_SUMMARY} (written before runs kept one): pixel metrics not re-checked", error=False)]
+    problems = []
+    if result.pixel_summary_sha256 is not None and hashlib.sha256(raw).hexdigest() != result.pixel_summary_sha256:
+        problems.append(Problem(name, f"{PIXEL_SUMMARY} is not the file the run wrote (sha256 differs from result.json's)"))
+    try:
+        summary = PixelSummary.from_bytes(raw)
+    except ValueError as err:
+        return [*problems, Problem(name, f"{PIXEL_SUMMARY} is unreadable: {err}")]
     wrong = summary.disagreements(result.metrics)
-    return [Problem(name, f"pixel metrics disagree with {PIXEL_SUMMARY}: " + "; ".join(wrong))] if wrong else []
+    return [*problems, Problem(name, f"pixel metrics disagree with {PIXEL_SUMMARY}: " + "; ".join(wrong))] if wrong else problems
 
 
 def check_run(store: Store, result: RunResult) -> list[Problem]:

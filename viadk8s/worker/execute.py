@@ -105,6 +105,7 @@ class Parts:
     device: str
     model_report: dict[str, Any]
     scores_sha256: str
+    pixel_summary_sha256: str | None  # None: no masks, no summary
     uncertainty: Uncertainty
     overlays: list[Overlay]
 
@@ -153,6 +154,7 @@ def _result(parts: Parts) -> RunResult:
         notes=parts.notes,
         uncertainty=parts.uncertainty,
         scores_sha256=parts.scores_sha256,
+        pixel_summary_sha256=parts.pixel_summary_sha256,
         determinism=parts.determinism,
         overlays=parts.overlays,
         model_report=parts.model_report,
@@ -228,6 +230,7 @@ def execute(spec: RunSpec, config: Config, store: Store) -> RunResult:
                 device,
                 model_report=dict(getattr(model, "model_report", {})),
                 scores_sha256=hashlib.sha256((work / SCORES).read_bytes()).hexdigest(),
+                pixel_summary_sha256=hashlib.sha256((work / PIXEL_SUMMARY).read_bytes()).hexdigest() if summary else None,
                 uncertainty=_uncertainty(stored, config, spec.seed),
                 overlays=[overlay for _, overlay in overlays],
             )
