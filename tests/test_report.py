@@ -9,7 +9,10 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +23,32 @@ from tests.conftest import TINY
 
 MODELS = "patchcore,padim,fastflow"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # kept after the run: look at them
+
+
+@contextmanager
+def browser_page() -> Iterator[tuple[Any, list[str], list[str]]]:
+    """A page of Debian's headless chromium, with the console's errors and warnings and every URL it
+    requested (a report must fetch nothing); skipped without chromium, failed in CI."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must open the report in chromium: .ci/run installs Debian's chromium")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems: list[str] = []
+        requests: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        try:
+            yield page, problems, requests
+        finally:
+            browser.close()
 
 
 def viadk8s(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -122,31 +151,16 @@ def test_compare_answers_and_refuses_different_test_sets(sweep: Path, tmp_path: 
 
 
 def test_report_opens_in_a_real_browser_with_nothing_missing(sweep: Path) -> None:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must open the report in chromium: .ci/run installs Debian's chromium")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
     out = viadk8s(sweep, "report", "--sweep", "evaluation", "--out", str(sweep / "report"))
     assert out.returncode == 0, out.stderr
     path = sweep / "report" / "report.html"
     assert str(path) in out.stdout.replace("\n", "")
     assert (sweep / "store" / "sweeps" / "evaluation" / "report.html").read_text() == path.read_text()
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        problems, requests = [], []
-        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url))
+    with browser_page() as (page, problems, requests):
         page.goto(path.as_uri(), wait_until="load")
         images = page.eval_on_selector_all("img", "all => all.map(i => [i.alt, i.complete && i.naturalWidth > 0])")
         headings = page.eval_on_selector_all("h2", "all => all.map(h => h.textContent)")
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        browser.close()
     assert problems == []
     assert all(url.startswith(("file://", "data:")) for url in requests), requests  # nothing leaves the machine
     assert [url for url in requests if url.startswith("file://")] == [path.as_uri()]
@@ -264,32 +278,17 @@ def test_estimate_against_actual_per_model_hand_computed(fake: tuple, tmp_path: 
 
 
 def test_the_report_of_a_made_up_sweep_answers_first_in_a_real_browser(fake: tuple, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must open the report in chromium: .ci/run installs Debian's chromium")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
     from viadk8s import report
 
     store, results = fake
     path = report.write(store, "fake", results, tmp_path)
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        problems, requests = [], []
-        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url))
+    with browser_page() as (page, problems, requests):
         page.goto(path.as_uri(), wait_until="load")
         headings = page.eval_on_selector_all("h2", "all => all.map(h => h.textContent)")
         charts = page.eval_on_selector_all("svg.chart", "all => all.map(s => s.getBoundingClientRect().width)")
         first = page.eval_on_selector("p.answer", "p => p.textContent")
         grey = page.eval_on_selector("table.metrics td small", "s => getComputedStyle(s).color")
         page.screenshot(path=str(ARTIFACTS / "report-fake.png"), full_page=True)
-        browser.close()
     assert problems == [] and requests == [path.as_uri()]  # nothing fetched
     assert headings[:4] == ["Which model, and how sure", "Tables", "Beside the paper", "Paper-shaped tables"]
     assert len(charts) == 5 and all(w > 300 for w in charts)  # one per headline metric of the evaluation
