@@ -75,7 +75,7 @@ def _overheads(pods: list[dict[str, Any]], sweep: str) -> tuple[list[float], lis
     """Per pod: its container's wall minus the fit + test of the runs it committed, per run; and its
     start (pod created to container started)."""
     store = open_store(f"s3://{BUCKET}/bench", "path")
-    stored = store.list(f"runs/{sweep}/")
+    stored = list(store.list(f"runs/{sweep}/"))  # an iterator: read once, searched per pod
     overheads, starts = [], []
     for pod in pods:
         labels, annotations = pod["metadata"]["labels"], pod["metadata"].get("annotations", {})
